@@ -1,0 +1,357 @@
+#include "arch/decoder.h"
+
+#include <cmath>
+#include <limits>
+
+#include "arch/blocks.h"
+#include "arch/tensor_names.h"
+#include "kvrun/error.h"
+
+namespace kvrun::arch {
+namespace fs = std::filesystem;
+using graph::Dim;
+using graph::GraphBuilder;
+
+KvNames kv_names(Target t) {
+  if (t == Target::Ort)  // the ONNX Runtime GenAI / optimum convention
+    return {"past_key_values.%d.key", "past_key_values.%d.value", "present.%d.key", "present.%d.value"};
+  return {"past_key_%d", "past_value_%d", "present_key_%d", "present_value_%d"};
+}
+
+namespace {
+
+constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+
+std::string fmt(const std::string& pattern, int64_t i) {
+  const auto p = pattern.find("%d");
+  return pattern.substr(0, p) + std::to_string(i) + pattern.substr(p + 2);
+}
+
+std::string layer_scope(int64_t l) { return "/model/layers." + std::to_string(l); }
+
+// Shared state for emitting one decoder graph.
+struct DecoderEmitter {
+  const io::ModelConfig& c;
+  const WeightReader& w;
+  const DecoderBuildOptions& opt;
+  Net n;
+  std::vector<float> cos_tab, sin_tab;
+
+  std::string rope_table(const char* name, const std::vector<float>& tab) {
+    const int64_t half = c.head_dim / 2;
+    return n.weight(name, {static_cast<int64_t>(tab.size()) / half, half}, [&] { return tab; });
+  }
+
+  std::string embeds_input() {
+    n.g.input("inputs_embeds", n.dt, {Dim{"batch_size"}, Dim{"sequence_length"}, Dim{c.hidden_size}});
+    n.g.input("attention_mask", io::DType::I64, {Dim{"batch_size"}, Dim{"total_sequence_length"}});
+    return "inputs_embeds";
+  }
+
+  void past_inputs(const KvNames& kv) {
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      for (const auto& pat : {kv.past_key, kv.past_value})
+        n.g.input(fmt(pat, l), n.dt,
+                  {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{"past_sequence_length"}, Dim{c.head_dim}});
+  }
+
+  void present_outputs(const KvNames& kv, const std::string& seq_dim) {
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      for (const auto& pat : {kv.present_key, kv.present_value})
+        n.g.output(fmt(pat, l), n.dt, {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{seq_dim}, Dim{c.head_dim}});
+  }
+
+  std::string input_norm(int64_t l, const std::string& x) {
+    const LayerTensorNames nm = layer_tensor_names(c, l);
+    return rms_norm(n, layer_scope(l) + "/input_layernorm", x, nm.input_norm, c.hidden_size,
+                    [&] { return w.f32(nm.input_norm); }, c.rms_norm_eps);
+  }
+
+  // Fused QKV projection: [b, s, Q + 2KV].
+  std::string qkv_proj(int64_t l, const std::string& x) {
+    const LayerTensorNames nm = layer_tensor_names(c, l);
+    Lazy bias;
+    if (!nm.q_bias.empty()) bias = [&] { return w.concat({nm.q_bias, nm.k_bias, nm.v_bias}); };
+    return linear(n, layer_scope(l) + "/attn/qkv_proj", x, "model.layers." + std::to_string(l) + ".self_attn.qkv_proj.weight",
+                  c.hidden_size, c.q_dim() + 2 * c.kv_dim(), [&] { return w.transposed_concat({nm.q, nm.k, nm.v}, c.hidden_size); },
+                  bias);
+  }
+
+  // Qwen3 per-head RMSNorm on [b, s, heads*D] (reshaped to heads on the way).
+  std::string head_norm(int64_t l, const std::string& x, bool is_q, const std::string& heads_shape,
+                        const std::string& flat_shape) {
+    const LayerTensorNames nm = layer_tensor_names(c, l);
+    const std::string scope = layer_scope(l) + (is_q ? "/attn/q_norm" : "/attn/k_norm");
+    const std::string& gamma = is_q ? nm.q_norm : nm.k_norm;
+    std::string h = n.g.op("Reshape", scope + "/Reshape", {x, heads_shape});
+    h = rms_norm(n, scope, h, gamma, c.head_dim, [&] { return w.f32(gamma); }, c.rms_norm_eps);
+    return flat_shape.empty() ? h : n.g.op("Reshape", scope + "/Flatten", {h, flat_shape});
+  }
+
+  std::string o_proj(int64_t l, const std::string& x) {
+    const LayerTensorNames nm = layer_tensor_names(c, l);
+    Lazy bias;
+    if (!nm.o_bias.empty()) bias = [&] { return w.f32(nm.o_bias); };
+    return linear(n, layer_scope(l) + "/attn/o_proj", x, "model.layers." + std::to_string(l) + ".self_attn.o_proj.weight",
+                  c.q_dim(), c.hidden_size, [&] { return w.transposed_concat({nm.o}, c.q_dim()); }, bias);
+  }
+
+  // Post-attention residual + norm + MLP + residual + the next norm. Returns {normed, residual}.
+  std::pair<std::string, std::string> finish_layer(int64_t l, const std::string& attn_out, const std::string& residual,
+                                                   bool fused) {
+    const LayerTensorNames nm = layer_tensor_names(c, l);
+    auto [xn, res] = skip_rms_norm(n, layer_scope(l) + "/post_attention_layernorm", attn_out, residual, nm.post_norm,
+                                   c.hidden_size, [&] { return w.f32(nm.post_norm); }, c.rms_norm_eps, fused);
+    const std::string m = mlp(n, layer_scope(l) + "/mlp", xn, w, c, l);
+    if (l + 1 < c.num_layers) {
+      const LayerTensorNames next = layer_tensor_names(c, l + 1);
+      return skip_rms_norm(n, layer_scope(l + 1) + "/input_layernorm", m, res, next.input_norm, c.hidden_size,
+                           [&] { return w.f32(next.input_norm); }, c.rms_norm_eps, fused);
+    }
+    return skip_rms_norm(n, "/model/norm", m, res, kFinalNorm, c.hidden_size, [&] { return w.f32(kFinalNorm); },
+                         c.rms_norm_eps, fused);
+  }
+
+  // Final hidden [b, s, H] -> logits [b, 1 or s, V] (float32), via Gemm(transB) so a tied
+  // lm_head reads the embedding table in place.
+  void lm_head(const std::string& hidden) {
+    auto& g = n.g;
+    std::string x = hidden;
+    if (!opt.all_logits)
+      x = g.op("Slice", "/lm_head/SliceLast",
+               {x, g.const_i64("/lm_head/starts", {-1}), g.const_i64("/lm_head/ends", {kInt64Max}),
+                g.const_i64("/lm_head/axes", {1})});
+    const std::string shp = g.op("Shape", "/lm_head/Shape", {x});
+    const std::string bs = g.op("Slice", "/lm_head/SliceBS",
+                                {shp, g.const_i64("/lm_head/bs_starts", {0}), g.const_i64("/lm_head/bs_ends", {2})});
+    const std::string out_shape =
+        g.op("Concat", "/lm_head/OutShape", {bs, g.const_i64("/lm_head/vocab", {c.vocab_size})}, {{"axis", 0}});
+    const std::string x2 = g.op("Reshape", "/lm_head/Flatten", {x, g.const_i64("/lm_head/flat", {-1, c.hidden_size})});
+    std::string W;
+    if (c.tie_word_embeddings)
+      W = g.external(kEmbedTokens, n.dt, {c.vocab_size, c.hidden_size});
+    else
+      W = n.weight(kLmHead, {c.vocab_size, c.hidden_size}, [&] { return w.f32(kLmHead); });
+    std::string y = g.op("Gemm", "/lm_head/Gemm", {x2, W}, {{"transB", 1}});
+    if (n.dt != io::DType::F32) {
+      y = g.op("Reshape", "/lm_head/Reshape", {y, out_shape});
+      g.node("Cast", "/lm_head/Cast", {y}, {"logits"}, {{"to", graph::onnx_elem_type(io::DType::F32)}});
+    } else {
+      g.node("Reshape", "/lm_head/Reshape", {y, out_shape}, {"logits"});
+    }
+    g.output("logits", io::DType::F32,
+             {Dim{"batch_size"}, opt.all_logits ? Dim{"sequence_length"} : Dim{int64_t{1}}, Dim{c.vocab_size}});
+  }
+
+  // ---- target ort: one graph, com.microsoft fused ops --------------------------------
+  void emit_ort() {
+    auto& g = n.g;
+    const KvNames kv = kv_names(Target::Ort);
+    const std::string embeds = embeds_input();
+    past_inputs(kv);
+    // seqlens_k = sum(mask) - 1 (int32 [batch]); total_sequence_length = mask.shape[1] (int32 scalar)
+    const std::string rs = g.op("ReduceSum", "/model/attn_mask/ReduceSum",
+                                {"attention_mask", g.const_i64("/model/attn_mask/axes", {1})}, {{"keepdims", 0}});
+    const std::string sub =
+        g.op("Sub", "/model/attn_mask/Sub", {rs, g.const_scalar("/model/attn_mask/one", io::DType::I64, 1)});
+    const std::string seqlens =
+        g.op("Cast", "/model/attn_mask/SeqlensK", {sub}, {{"to", graph::onnx_elem_type(io::DType::I32)}});
+    const std::string shp = g.op("Shape", "/model/attn_mask/Shape", {"attention_mask"});
+    const std::string tl = g.op("Gather", "/model/attn_mask/Gather",
+                                {shp, g.const_i64("/model/attn_mask/index", {1}, true)}, {{"axis", 0}});
+    const std::string total =
+        g.op("Cast", "/model/attn_mask/TotalSeqLen", {tl}, {{"to", graph::onnx_elem_type(io::DType::I32)}});
+    const std::string cos = rope_table("model.rotary.cos_cache", cos_tab);
+    const std::string sin = rope_table("model.rotary.sin_cache", sin_tab);
+    std::string q_heads, k_heads, q_flat, k_flat;
+    if (c.qk_norm) {
+      q_heads = g.const_i64("/model/const/q_heads_shape", {0, 0, c.num_heads, c.head_dim});
+      k_heads = g.const_i64("/model/const/k_heads_shape", {0, 0, c.num_kv_heads, c.head_dim});
+      q_flat = g.const_i64("/model/const/q_flat_shape", {0, 0, c.q_dim()});
+      k_flat = g.const_i64("/model/const/k_flat_shape", {0, 0, c.kv_dim()});
+    }
+    std::string residual = embeds;
+    std::string x = input_norm(0, embeds);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      const std::string scope = layer_scope(l) + "/attn";
+      const std::string qkv = qkv_proj(l, x);
+      std::vector<std::string> in;
+      if (c.qk_norm) {
+        const auto parts = split_last(n, scope + "/qkv_proj", qkv, {c.q_dim(), c.kv_dim(), c.kv_dim()});
+        in = {head_norm(l, parts[0], true, q_heads, q_flat), head_norm(l, parts[1], false, k_heads, k_flat), parts[2]};
+      } else {
+        in = {qkv, "", ""};  // packed QKV
+      }
+      in.insert(in.end(), {fmt(kv.past_key, l), fmt(kv.past_value, l), seqlens, total, cos, sin});
+      const std::string gqa = scope + "/GroupQueryAttention";
+      const auto outs = g.node("GroupQueryAttention", gqa, in,
+                               {gqa + "/output_0", fmt(kv.present_key, l), fmt(kv.present_value, l)},
+                               {{"num_heads", c.num_heads}, {"kv_num_heads", c.num_kv_heads}, {"do_rotary", 1},
+                                {"rotary_interleaved", 0}},
+                               "com.microsoft");
+      const std::string o = o_proj(l, outs[0]);
+      std::tie(x, residual) = finish_layer(l, o, residual, /*fused=*/true);
+      if (progress) progress(l + 1);
+    }
+    lm_head(x);
+    present_outputs(kv, "present_sequence_length");
+  }
+
+  // ---- target portable: opset-17 standard ops -----------------------------------------
+  void emit_portable(bool has_past) {
+    auto& g = n.g;
+    const KvNames kv = kv_names(Target::Portable);
+    const std::string embeds = embeds_input();
+    if (has_past) past_inputs(kv);
+    const std::string P = "/model/pos";
+    const std::string one = g.const_scalar(P + "/one", io::DType::I64, 1);
+    const std::string zero = g.const_scalar(P + "/zero", io::DType::I64, 0);
+    const std::string idx1 = g.const_i64(P + "/idx1", {1}, true);
+    const std::string seq = g.op("Gather", P + "/SeqLen", {g.op("Shape", P + "/EmbedsShape", {embeds}), idx1}, {{"axis", 0}});
+    const std::string tot = g.op("Gather", P + "/TotalLen", {g.op("Shape", P + "/MaskShape", {"attention_mask"}), idx1}, {{"axis", 0}});
+    const std::string past = g.op("Sub", P + "/PastLen", {tot, seq});
+    // positions from the mask (left padding aware): cumsum(mask) - 1, clamped at 0, last `seq` columns
+    const std::string cs = g.op("CumSum", P + "/CumSum", {"attention_mask", g.const_i64(P + "/axis1", {1}, true)});
+    const std::string pm = g.op("Max", P + "/Clamp", {g.op("Sub", P + "/Sub", {cs, one}), zero});
+    const std::string neg_seq = g.op("Unsqueeze", P + "/NegSeq", {g.op("Neg", P + "/Neg", {seq}), g.const_i64(P + "/ax0", {0})});
+    const std::string pos = g.op("Slice", P + "/PositionIds",
+                                 {pm, neg_seq, g.const_i64(P + "/end", {kInt64Max}), g.const_i64(P + "/axes1", {1})});
+    const std::string unsq1 = g.const_i64(P + "/unsq1", {1});
+    const std::string cos = g.op("Unsqueeze", "/model/rotary/Cos",
+                                 {g.op("Gather", "/model/rotary/GatherCos", {rope_table("model.rotary.cos_cache", cos_tab), pos}), unsq1});
+    const std::string sin = g.op("Unsqueeze", "/model/rotary/Sin",
+                                 {g.op("Gather", "/model/rotary/GatherSin", {rope_table("model.rotary.sin_cache", sin_tab), pos}), unsq1});
+    // additive mask [b, 1, 1, s, T] (fp32): key j visible to query i iff j <= past + i and mask[j] == 1
+    const std::string M = "/model/mask";
+    const std::string jr = g.op("Range", M + "/KeyRange", {zero, tot, one});
+    const std::string ir = g.op("Range", M + "/QueryRange", {past, tot, one});
+    const std::string causal = g.op("LessOrEqual", M + "/Causal",
+                                    {g.op("Unsqueeze", M + "/KeyRow", {jr, g.const_i64(M + "/ax0", {0})}),
+                                     g.op("Unsqueeze", M + "/QueryCol", {ir, unsq1})});
+    const std::string padb = g.op("Unsqueeze", M + "/Pad",
+                                  {g.op("Cast", M + "/PadBool", {"attention_mask"}, {{"to", graph::onnx_elem_type(io::DType::BOOL)}}),
+                                   g.const_i64(M + "/ax123", {1, 2, 3})});
+    const std::string allowed = g.op("And", M + "/Allowed", {causal, padb});
+    const std::string mask = g.op("Where", M + "/Bias",
+                                  {allowed, g.const_scalar(M + "/zero", io::DType::F32, 0.0),
+                                   g.const_scalar(M + "/min", io::DType::F32, std::numeric_limits<float>::lowest())});
+    const int64_t G = c.num_heads / c.num_kv_heads, half = c.head_dim / 2;
+    const std::string C = "/model/const";
+    const std::string q_heads = g.const_i64(C + "/q_heads", {0, 0, c.num_heads, c.head_dim});
+    const std::string k_heads = g.const_i64(C + "/k_heads", {0, 0, c.num_kv_heads, c.head_dim});
+    const std::string q5_shape = g.const_i64(C + "/q5", {0, c.num_kv_heads, G, -1, c.head_dim});
+    const std::string o_shape = g.const_i64(C + "/o_heads", {0, c.num_heads, -1, c.head_dim});
+    const std::string flat = g.const_i64(C + "/flat", {0, 0, c.q_dim()});
+    const std::string ax2 = g.const_i64(C + "/ax2", {2});
+    const std::string halves = g.const_i64(C + "/halves", {half, half});
+    const std::string scale = g.const_scalar(C + "/scale", n.dt, 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+    auto bnsh = [&](const std::string& s, const std::string& x) {
+      return g.op("Transpose", s + "/Transpose", {x}, {{"perm", std::vector<int64_t>{0, 2, 1, 3}}});
+    };
+    auto rope = [&](const std::string& s, const std::string& x) {
+      const std::string h1 = s + "/Split/output_0", h2 = s + "/Split/output_1";
+      g.node("Split", s + "/Split", {x, halves}, {h1, h2}, {{"axis", -1}});
+      const std::string o1 = g.op("Sub", s + "/Sub", {g.op("Mul", s + "/MulCos1", {h1, cos}), g.op("Mul", s + "/MulSin2", {h2, sin})});
+      const std::string o2 = g.op("Add", s + "/Add", {g.op("Mul", s + "/MulCos2", {h2, cos}), g.op("Mul", s + "/MulSin1", {h1, sin})});
+      return g.op("Concat", s + "/Concat", {o1, o2}, {{"axis", -1}});
+    };
+    std::string residual = embeds;
+    std::string x = input_norm(0, embeds);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      const std::string s = layer_scope(l) + "/attn";
+      const auto parts = split_last(n, s + "/qkv_proj", qkv_proj(l, x), {c.q_dim(), c.kv_dim(), c.kv_dim()});
+      std::string q = c.qk_norm ? head_norm(l, parts[0], true, q_heads, "")
+                                : g.op("Reshape", s + "/q/Reshape", {parts[0], q_heads});
+      std::string k = c.qk_norm ? head_norm(l, parts[1], false, k_heads, "")
+                                : g.op("Reshape", s + "/k/Reshape", {parts[1], k_heads});
+      q = rope(s + "/q_rotary", bnsh(s + "/q", q));
+      k = rope(s + "/k_rotary", bnsh(s + "/k", k));
+      const std::string v = bnsh(s + "/v", g.op("Reshape", s + "/v/Reshape", {parts[2], k_heads}));
+      const std::string pk = fmt(kv.present_key, l), pv = fmt(kv.present_value, l);
+      if (has_past) {
+        g.node("Concat", s + "/ConcatPastKey", {fmt(kv.past_key, l), k}, {pk}, {{"axis", 2}});
+        g.node("Concat", s + "/ConcatPastValue", {fmt(kv.past_value, l), v}, {pv}, {{"axis", 2}});
+      } else {
+        g.node("Identity", s + "/PresentKey", {k}, {pk});
+        g.node("Identity", s + "/PresentValue", {v}, {pv});
+      }
+      // grouped attention without repeating K/V: q [b, kv, G, s, D] x k [b, kv, 1, D, T]
+      const std::string q5 = g.op("Reshape", s + "/q/Group", {q, q5_shape});
+      const std::string kt = g.op("Transpose", s + "/k/TransposeT", {g.op("Unsqueeze", s + "/k/Unsqueeze", {pk, ax2})},
+                                  {{"perm", std::vector<int64_t>{0, 1, 2, 4, 3}}});
+      std::string sc = g.op("Mul", s + "/Scale", {g.op("MatMul", s + "/QK/MatMul", {q5, kt}), scale});
+      if (n.dt != io::DType::F32) sc = g.op("Cast", s + "/ScoresUp", {sc}, {{"to", graph::onnx_elem_type(io::DType::F32)}});
+      std::string p = g.op("Softmax", s + "/Softmax", {g.op("Add", s + "/MaskAdd", {sc, mask})}, {{"axis", -1}});
+      if (n.dt != io::DType::F32) p = g.op("Cast", s + "/ProbsDown", {p}, {{"to", graph::onnx_elem_type(n.dt)}});
+      const std::string av = g.op("MatMul", s + "/PV/MatMul", {p, g.op("Unsqueeze", s + "/v/Unsqueeze", {pv, ax2})});
+      const std::string heads = g.op("Reshape", s + "/o/Heads", {av, o_shape});
+      const std::string merged = g.op("Reshape", s + "/o/Merge", {bnsh(s + "/o", heads), flat});
+      std::tie(x, residual) = finish_layer(l, o_proj(l, merged), residual, /*fused=*/false);
+      if (progress) progress(l + 1);
+    }
+    lm_head(x);
+    present_outputs(kv, "total_sequence_length");
+  }
+
+  std::function<void(int64_t)> progress;
+};
+
+}  // namespace
+
+std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::TensorStore& store,
+                                          const DecoderBuildOptions& opt, const fs::path& dir,
+                                          const graph::ExternalData::Entry& embed_entry,
+                                          const std::function<void(int64_t, int64_t)>& progress) {
+  if (opt.dtype != io::DType::F32 && opt.dtype != io::DType::F16)
+    throw Error("decoder graphs are built in F32 or F16 (quantization is a separate pass)");
+  const int64_t max_len = opt.max_length > 0 ? opt.max_length : cfg.max_position_embeddings;
+  WeightReader w(store);
+  std::vector<float> cos_tab, sin_tab;
+  cfg.rope_tables(max_len, cos_tab, sin_tab);
+  auto data = std::make_shared<graph::ExternalData>(dir / "decoder.onnx.data");
+  data->alias(kEmbedTokens, embed_entry);
+  std::vector<GraphSignature> sigs;
+  const int64_t passes = opt.target == Target::Ort ? 1 : 2;
+  auto emit = [&](const std::string& role, const std::string& file, std::map<std::string, int64_t> opsets, int pass,
+                  const std::function<void(DecoderEmitter&)>& body) {
+    GraphBuilder g(dir / file, "kvrun_" + role, std::move(opsets), data);
+    g.metadata("kvrun.role", role);
+    g.metadata("kvrun.architecture", cfg.architecture);
+    DecoderEmitter e{cfg, w, opt, Net{g, opt.dtype}, cos_tab, sin_tab, {}};
+    e.progress = [&](int64_t l) {
+      if (progress) progress(pass * cfg.num_layers + l, passes * cfg.num_layers);
+    };
+    body(e);
+    GraphSignature sig{role, file, g.input_names(), g.output_names()};
+    g.finish();
+    sigs.push_back(std::move(sig));
+  };
+  if (opt.target == Target::Ort) {
+    emit("decoder", "decoder.onnx", {{"", 17}, {"com.microsoft", 1}}, 0, [](DecoderEmitter& e) { e.emit_ort(); });
+  } else {
+    emit("prefill", "prefill.onnx", {{"", 17}}, 0, [](DecoderEmitter& e) { e.emit_portable(false); });
+    emit("decode", "decode.onnx", {{"", 17}}, 1, [](DecoderEmitter& e) { e.emit_portable(true); });
+  }
+  data->commit();
+  for (const auto& s : sigs) graph::check_model_file(dir / s.file);
+  return sigs;
+}
+
+GraphSignature build_embedding_graph(const io::ModelConfig& cfg, io::DType dt, const fs::path& dir,
+                                     const graph::ExternalData::Entry& embed_entry) {
+  auto data = std::make_shared<graph::ExternalData>(dir / "embedding.onnx.data");
+  data->alias(kEmbedTokens, embed_entry);
+  GraphBuilder g(dir / "embedding.onnx", "kvrun_embedding", {{"", 17}}, data);
+  g.metadata("kvrun.role", "embedding");
+  g.input("input_ids", io::DType::I64, {Dim{"batch_size"}, Dim{"sequence_length"}});
+  const std::string table = g.external(kEmbedTokens, dt, {cfg.vocab_size, cfg.hidden_size});
+  g.node("Gather", "/model/embed_tokens/Gather", {table, "input_ids"}, {"inputs_embeds"}, {{"axis", 0}});
+  g.output("inputs_embeds", dt, {Dim{"batch_size"}, Dim{"sequence_length"}, Dim{cfg.hidden_size}});
+  GraphSignature sig{"embedding", "embedding.onnx", g.input_names(), g.output_names()};
+  g.finish();
+  data->commit();  // nothing written: the table lives in embedding.safetensors
+  graph::check_model_file(dir / sig.file);
+  return sig;
+}
+
+}  // namespace kvrun::arch

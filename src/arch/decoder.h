@@ -1,0 +1,55 @@
+// Decoder-only LLM graphs (Llama, Qwen2, Qwen3) for two targets:
+//   Ort:      one graph for prefill and decode with com.microsoft fused ops
+//             (GroupQueryAttention with rotary inside, SkipSimplifiedLayerNormalization,
+//             fused QKV and gate/up), past/present able to share one buffer.
+//   Portable: opset-17 standard ops only, prefill.onnx + decode.onnx, causal mask
+//             and positions computed inside the graph from attention_mask.
+// Both take `inputs_embeds`; the embedding table lives in embedding.safetensors.
+#pragma once
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "graph/builder.h"
+#include "io/model_config.h"
+#include "io/safetensors.h"
+
+namespace kvrun::arch {
+
+enum class Target { Ort, Portable };
+
+struct DecoderBuildOptions {
+  Target target = Target::Ort;
+  io::DType dtype = io::DType::F32;  // weights, activations and KV cache (F32 or F16)
+  int64_t max_length = 0;            // positions covered by the rotary tables
+  bool all_logits = false;           // logits for every position instead of the last
+};
+
+struct GraphSignature {
+  std::string role;  // "decoder" (ort), "prefill", "decode" (portable)
+  std::string file;
+  std::vector<std::string> inputs, outputs;
+};
+
+// I/O names of each target's KV convention (printf-style with the layer index).
+struct KvNames {
+  std::string past_key, past_value, present_key, present_value;
+};
+KvNames kv_names(Target t);
+
+// Writes the decoder graph(s) into `dir`. `embed_entry` (the embedding table's bytes
+// inside embedding.safetensors) is reused as the lm_head when embeddings are tied.
+// `progress(done, total)` is called as layers are converted.
+std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::TensorStore& store,
+                                          const DecoderBuildOptions& opt, const std::filesystem::path& dir,
+                                          const graph::ExternalData::Entry& embed_entry,
+                                          const std::function<void(int64_t, int64_t)>& progress);
+
+// embedding.onnx: input_ids int64 [batch, seq] -> inputs_embeds, reading the table
+// from embedding.safetensors in place.
+GraphSignature build_embedding_graph(const io::ModelConfig& cfg, io::DType dt, const std::filesystem::path& dir,
+                                     const graph::ExternalData::Entry& embed_entry);
+
+}  // namespace kvrun::arch

@@ -1,0 +1,140 @@
+// kvrun build: checkpoint -> package folder (graphs, embedding table, manifest, tokenizer).
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "arch/decoder.h"
+#include "arch/tensor_names.h"
+#include "build/manifest.h"
+#include "io/fs.h"
+#include "io/model_config.h"
+#include "io/safetensors.h"
+#include "kvrun/build.h"
+#include "runtime/ort_session.h"
+
+namespace kvrun {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+void BuildOptions::validate() const {
+  if (checkpoint.empty()) throw Error("build: a checkpoint folder is required");
+  if (out.empty()) throw Error("build: an output folder is required (-o)");
+  if (target != "ort" && target != "portable")
+    throw Error("build: --target must be 'ort' or 'portable', found '" + target + "'");
+  if (precision != "fp32" && precision != "fp16")
+    throw Error("build: --precision must be fp32 or fp16, found '" + precision +
+                "' (int8/int4 come from `kvrun quantize`)");
+  if (max_length < 0 || max_length > (1 << 22))
+    throw Error("build: --max-length must be in [1, 4194304], found " + std::to_string(max_length));
+  if (fs::exists(out) && fs::equivalent(out, checkpoint))
+    throw Error("build: the output folder must differ from the checkpoint folder");
+}
+
+namespace {
+
+// Tokenizer and config files copied verbatim so the package is self-contained.
+const char* kCopiedFiles[] = {"tokenizer.json",     "tokenizer_config.json", "special_tokens_map.json",
+                              "vocab.json",         "merges.txt",            "tokenizer.model",
+                              "added_tokens.json",  "chat_template.jinja",   "chat_template.json",
+                              "generation_config.json", "config.json"};
+
+json chat_template_of(const fs::path& ckpt) {
+  if (fs::exists(ckpt / "chat_template.jinja")) return io::read_text_file(ckpt / "chat_template.jinja");
+  if (fs::exists(ckpt / "tokenizer_config.json")) {
+    const json tc = io::read_json_file(ckpt / "tokenizer_config.json");
+    if (tc.contains("chat_template")) {
+      const json& t = tc["chat_template"];
+      if (t.is_string()) return t;
+      if (t.is_array())  // [{name, template}], take "default"
+        for (const auto& e : t)
+          if (e.value("name", "") == "default" && e.contains("template")) return e["template"];
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+BuildResult build_package(const BuildOptions& opt) {
+  opt.validate();
+  const auto t0 = std::chrono::steady_clock::now();
+  const io::ModelConfig cfg = io::load_model_config(opt.checkpoint);
+  const io::GenerationConfig gen = io::load_generation_config(opt.checkpoint, cfg);
+  const io::TensorStore store(opt.checkpoint);
+  arch::check_checkpoint(store, cfg);
+  const io::DType dt = opt.precision == "fp16" ? io::DType::F16 : io::DType::F32;
+  const arch::Target target = opt.target == "ort" ? arch::Target::Ort : arch::Target::Portable;
+  const int64_t max_len = opt.max_length > 0 ? opt.max_length : cfg.max_position_embeddings;
+
+  io::StagedDir staged(opt.out, opt.overwrite);
+  const fs::path dir = staged.path();
+  auto progress = [&](const std::string& stage, int64_t done, int64_t total) {
+    if (opt.progress) opt.progress(stage, done, total);
+  };
+
+  // 1. embedding table (page-aligned so graphs can reference it in place)
+  progress("embedding", 0, 1);
+  const io::TensorView& emb = store.get(arch::kEmbedTokens);
+  const uint64_t data_start = io::write_safetensors_streaming(
+      dir / "embedding.safetensors", {{arch::kEmbedTokens, dt, emb.shape, nullptr}},
+      {{"format", "kvrun-embedding"}}, 4096, [&](size_t, std::vector<uint8_t>& buf) {
+        const std::vector<float> f = emb.to_f32();
+        if (dt == io::DType::F32) {
+          std::memcpy(buf.data(), f.data(), buf.size());
+        } else {
+          auto* h = reinterpret_cast<uint16_t*>(buf.data());
+          for (size_t i = 0; i < f.size(); ++i) h[i] = io::f32_to_f16(f[i]);
+        }
+      });
+  const graph::ExternalData::Entry embed_entry{
+      "embedding.safetensors", static_cast<int64_t>(data_start),
+      static_cast<int64_t>(emb.numel() * static_cast<int64_t>(io::dtype_size(dt)))};
+  progress("embedding", 1, 1);
+
+  // 2. graphs
+  std::vector<arch::GraphSignature> graphs;
+  graphs.push_back(arch::build_embedding_graph(cfg, dt, dir, embed_entry));
+  arch::DecoderBuildOptions dopt{target, dt, max_len, opt.all_logits};
+  for (auto& s : arch::build_decoder(cfg, store, dopt, dir, embed_entry,
+                                     [&](int64_t d, int64_t t) { progress("decoder", d, t); }))
+    graphs.push_back(std::move(s));
+
+  // 3. tokenizer + config files
+  std::vector<std::string> copied;
+  for (const char* f : kCopiedFiles) {
+    const fs::path src = fs::is_directory(opt.checkpoint) ? opt.checkpoint / f : fs::path();
+    if (!src.empty() && fs::exists(src)) {
+      fs::copy_file(src, dir / (std::string(f) == "config.json" ? "hf_config.json" : f));
+      copied.push_back(std::string(f) == "config.json" ? "hf_config.json" : f);
+    }
+  }
+
+  // 4. manifest
+  build::ManifestInputs mi{cfg, gen, target, dt, max_len, opt.all_logits, graphs, copied,
+                           chat_template_of(opt.checkpoint), fs::absolute(opt.checkpoint).string()};
+  const json manifest = build::make_manifest(mi);
+  io::write_text_file_atomic(dir / "kvrun.json", manifest.dump(2) + "\n");
+
+  // 5. ONNX Runtime load check of every graph
+  if (opt.load_check) {
+    for (size_t i = 0; i < graphs.size(); ++i) {
+      progress("load-check", static_cast<int64_t>(i), static_cast<int64_t>(graphs.size()));
+      runtime::SessionConfig sc;
+      sc.optimize = false;  // a load check; optimizations run when the package is used
+      runtime::Session s(dir / graphs[i].file, sc);
+    }
+    progress("load-check", static_cast<int64_t>(graphs.size()), static_cast<int64_t>(graphs.size()));
+  }
+
+  BuildResult r;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    r.files.push_back(e.path().filename().string());
+    r.bytes += fs::file_size(e.path());
+  }
+  std::sort(r.files.begin(), r.files.end());
+  staged.commit();
+  r.out = opt.out;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace kvrun

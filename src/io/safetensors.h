@@ -1,0 +1,98 @@
+// Safetensors reading (memory-mapped, every header field validated) and writing.
+//
+// Format: u64 little-endian header length N, N bytes of JSON header, then the data
+// buffer. Each header entry {dtype, shape, data_offsets:[begin,end]} is checked:
+// offsets inside the buffer, begin <= end, no two tensors overlap, and
+// product(shape) * sizeof(dtype) == end - begin.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/dtype.h"
+
+namespace kvrun::io {
+
+struct TensorView {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // points into a memory-mapped file
+  size_t nbytes = 0;
+  std::string file;  // which file it lives in (for error messages)
+
+  int64_t numel() const;
+  // Copies (and converts) the tensor to float32.
+  std::vector<float> to_f32() const;
+};
+
+std::string shape_str(const std::vector<int64_t>& shape);
+
+// One memory-mapped .safetensors file.
+class SafetensorsFile {
+ public:
+  // Largest header we accept (the format's own reference implementation uses 100 MB).
+  static constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+
+  explicit SafetensorsFile(const std::filesystem::path& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const TensorView* find(const std::string& name) const;
+
+ private:
+  std::filesystem::path path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  std::map<std::string, TensorView> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// All tensors of a Hugging Face checkpoint folder: model.safetensors, or the shards
+// listed by model.safetensors.index.json. A path to a single .safetensors file works too.
+class TensorStore {
+ public:
+  explicit TensorStore(const std::filesystem::path& path);
+
+  bool has(const std::string& name) const { return index_.count(name) > 0; }
+  // Throws kvrun::Error naming the checkpoint when the tensor is missing.
+  const TensorView& get(const std::string& name) const;
+  std::vector<std::string> names() const;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorView*> index_;
+};
+
+// A tensor to write; `data` holds nbytes = numel * dtype_size(dtype) bytes.
+struct TensorToWrite {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+};
+
+// Writes a .safetensors file atomically (temp file in the same folder, then rename).
+// Tensors are laid out in the order given; the header is padded with spaces so the
+// data buffer starts at a multiple of `align` (8 as the reference implementation;
+// 4096 lets ONNX graphs map tensors of the file in place). Returns the data start.
+uint64_t write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                           const std::map<std::string, std::string>& metadata = {}, uint64_t align = 8);
+
+// Streaming variant: `fill(i, buffer)` writes tensor i's bytes (numel * dtype size) into
+// `buffer`; only one tensor is in memory at a time. `data` pointers are ignored.
+uint64_t write_safetensors_streaming(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                                     const std::map<std::string, std::string>& metadata, uint64_t align,
+                                     const std::function<void(size_t, std::vector<uint8_t>&)>& fill);
+
+}  // namespace kvrun::io

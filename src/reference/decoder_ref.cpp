@@ -1,0 +1,209 @@
+#include "reference/decoder_ref.h"
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+
+#include "arch/tensor_names.h"
+#include "kvrun/error.h"
+
+namespace kvrun::reference {
+namespace {
+
+std::vector<float> load(const io::TensorStore& s, const std::string& name) {
+  if (name.empty()) return {};
+  return s.get(name).to_f32();
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// y[n, out] = x[n, in] * W[out, in]^T (+ b). Splits output rows over two threads when large.
+void linear(const float* x, int64_t n, int64_t in, const std::vector<float>& W, const std::vector<float>& b,
+            int64_t out, float* y) {
+  auto work = [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const float* w = W.data() + o * in;
+      const float bias = b.empty() ? 0.0f : b[static_cast<size_t>(o)];
+      for (int64_t t = 0; t < n; ++t) y[t * out + o] = dot(x + t * in, w, in) + bias;
+    }
+  };
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  if (hw < 2 || n * in * out < (1 << 20)) {
+    work(0, out);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int64_t chunk = (out + hw - 1) / hw;
+  for (unsigned t = 1; t < hw; ++t) {
+    const int64_t a = std::min<int64_t>(out, t * chunk), z = std::min<int64_t>(out, (t + 1) * chunk);
+    if (a < z) pool.emplace_back(work, a, z);
+  }
+  work(0, std::min<int64_t>(out, chunk));
+  for (auto& th : pool) th.join();
+}
+
+// transformers' RMSNorm: x * rsqrt(mean(x^2) + eps) * weight, in fp32.
+void rms_norm(const float* x, const std::vector<float>& w, int64_t dim, double eps, float* y) {
+  float ss = 0;
+  for (int64_t i = 0; i < dim; ++i) ss += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + static_cast<float>(eps));
+  for (int64_t i = 0; i < dim; ++i) y[i] = w[static_cast<size_t>(i)] * (x[i] * inv);
+}
+
+// rotate_half rotary: out = x*cos + rotate_half(x)*sin with cos/sin duplicated over both halves.
+void rope(float* x, const float* cos, const float* sin, int64_t head_dim) {
+  const int64_t half = head_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = x[i], b = x[i + half];
+    x[i] = a * cos[i] - b * sin[i];
+    x[i + half] = b * cos[i] + a * sin[i];
+  }
+}
+
+}  // namespace
+
+DecoderRef::DecoderRef(const io::ModelConfig& cfg, const io::TensorStore& store) : cfg_(cfg) {
+  arch::check_checkpoint(store, cfg);
+  embed_ = load(store, arch::kEmbedTokens);
+  final_norm_ = load(store, arch::kFinalNorm);
+  if (!cfg.tie_word_embeddings) lm_head_ = load(store, arch::kLmHead);
+  layers_.resize(static_cast<size_t>(cfg.num_layers));
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    const arch::LayerTensorNames n = arch::layer_tensor_names(cfg, l);
+    Layer& L = layers_[static_cast<size_t>(l)];
+    L.input_norm = load(store, n.input_norm);
+    L.q = load(store, n.q);
+    L.k = load(store, n.k);
+    L.v = load(store, n.v);
+    L.o = load(store, n.o);
+    L.q_bias = load(store, n.q_bias);
+    L.k_bias = load(store, n.k_bias);
+    L.v_bias = load(store, n.v_bias);
+    L.o_bias = load(store, n.o_bias);
+    L.q_norm = load(store, n.q_norm);
+    L.k_norm = load(store, n.k_norm);
+    L.post_norm = load(store, n.post_norm);
+    L.gate = load(store, n.gate);
+    L.up = load(store, n.up);
+    L.down = load(store, n.down);
+    L.gate_bias = load(store, n.gate_bias);
+    L.up_bias = load(store, n.up_bias);
+    L.down_bias = load(store, n.down_bias);
+  }
+}
+
+std::vector<float> DecoderRef::embed(const std::vector<int64_t>& ids) const {
+  const int64_t H = cfg_.hidden_size;
+  std::vector<float> out(ids.size() * static_cast<size_t>(H));
+  for (size_t t = 0; t < ids.size(); ++t) {
+    if (ids[t] < 0 || ids[t] >= cfg_.vocab_size)
+      throw Error("token id " + std::to_string(ids[t]) + " is outside the vocabulary [0, " +
+                  std::to_string(cfg_.vocab_size) + ")");
+    std::copy_n(embed_.data() + ids[t] * H, H, out.data() + t * static_cast<size_t>(H));
+  }
+  return out;
+}
+
+void DecoderRef::ensure_capacity(int64_t total) {
+  if (total > rope_positions_) {
+    rope_positions_ = std::max<int64_t>(total, 2 * rope_positions_);
+    cfg_.rope_tables(rope_positions_, rope_cos_, rope_sin_);
+  }
+  if (total <= capacity_) return;
+  const int64_t cap = std::max<int64_t>(total, 2 * capacity_);
+  for (auto& L : layers_) {
+    L.kcache.resize(static_cast<size_t>(cap * cfg_.kv_dim()));
+    L.vcache.resize(static_cast<size_t>(cap * cfg_.kv_dim()));
+  }
+  capacity_ = cap;
+}
+
+std::vector<float> DecoderRef::forward_ids(const std::vector<int64_t>& ids, bool all_logits) {
+  const std::vector<float> e = embed(ids);
+  return forward(e.data(), static_cast<int64_t>(ids.size()), all_logits);
+}
+
+std::vector<float> DecoderRef::forward(const float* embeds, int64_t n, bool all_logits) {
+  if (n <= 0) throw Error("reference forward: expected at least one position, found " + std::to_string(n));
+  const io::ModelConfig& c = cfg_;
+  const int64_t H = c.hidden_size, D = c.head_dim, NH = c.num_heads, NKV = c.num_kv_heads;
+  const int64_t Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate_size, half = D / 2;
+  const int64_t past = cache_len_, total = past + n, group = NH / NKV;
+  ensure_capacity(total);
+
+  std::vector<float> h(embeds, embeds + n * H), x(static_cast<size_t>(n * H));
+  std::vector<float> q(static_cast<size_t>(n * Q)), k(static_cast<size_t>(n * KV)), v(static_cast<size_t>(n * KV));
+  std::vector<float> attn(static_cast<size_t>(n * Q)), tmp(static_cast<size_t>(n * H));
+  std::vector<float> g(static_cast<size_t>(n * F)), u(static_cast<size_t>(n * F)), scores(static_cast<size_t>(total));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+
+  for (auto& L : layers_) {
+    for (int64_t t = 0; t < n; ++t) rms_norm(&h[t * H], L.input_norm, H, c.rms_norm_eps, &x[t * H]);
+    linear(x.data(), n, H, L.q, L.q_bias, Q, q.data());
+    linear(x.data(), n, H, L.k, L.k_bias, KV, k.data());
+    linear(x.data(), n, H, L.v, L.v_bias, KV, v.data());
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t pos = past + t;
+      const float* cs = &rope_cos_[pos * half];
+      const float* sn = &rope_sin_[pos * half];
+      for (int64_t hh = 0; hh < NH; ++hh) {
+        float* qh = &q[t * Q + hh * D];
+        if (!L.q_norm.empty()) rms_norm(qh, L.q_norm, D, c.rms_norm_eps, qh);
+        rope(qh, cs, sn, D);
+      }
+      for (int64_t hh = 0; hh < NKV; ++hh) {
+        float* kh = &k[t * KV + hh * D];
+        if (!L.k_norm.empty()) rms_norm(kh, L.k_norm, D, c.rms_norm_eps, kh);
+        rope(kh, cs, sn, D);
+      }
+      std::copy_n(&k[t * KV], KV, &L.kcache[pos * KV]);
+      std::copy_n(&v[t * KV], KV, &L.vcache[pos * KV]);
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t visible = past + t + 1;  // causal
+      for (int64_t hh = 0; hh < NH; ++hh) {
+        const int64_t kvh = hh / group;
+        const float* qh = &q[t * Q + hh * D];
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < visible; ++j) {
+          scores[j] = dot(qh, &L.kcache[j * KV + kvh * D], D) * scale;
+          mx = std::max(mx, scores[j]);
+        }
+        float sum = 0;
+        for (int64_t j = 0; j < visible; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
+        float* out = &attn[t * Q + hh * D];
+        std::fill_n(out, D, 0.0f);
+        for (int64_t j = 0; j < visible; ++j) {
+          const float p = scores[j] / sum;
+          const float* vj = &L.vcache[j * KV + kvh * D];
+          for (int64_t d = 0; d < D; ++d) out[d] += p * vj[d];
+        }
+      }
+    }
+    linear(attn.data(), n, Q, L.o, L.o_bias, H, tmp.data());
+    for (size_t i = 0; i < h.size(); ++i) h[i] += tmp[i];
+    for (int64_t t = 0; t < n; ++t) rms_norm(&h[t * H], L.post_norm, H, c.rms_norm_eps, &x[t * H]);
+    linear(x.data(), n, H, L.gate, L.gate_bias, F, g.data());
+    linear(x.data(), n, H, L.up, L.up_bias, F, u.data());
+    for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    linear(g.data(), n, F, L.down, L.down_bias, H, tmp.data());
+    for (size_t i = 0; i < h.size(); ++i) h[i] += tmp[i];
+  }
+  cache_len_ = total;
+
+  const int64_t first = all_logits ? 0 : n - 1, rows = n - first;
+  for (int64_t t = first; t < n; ++t) rms_norm(&h[t * H], final_norm_, H, c.rms_norm_eps, &x[(t - first) * H]);
+  std::vector<float> logits(static_cast<size_t>(rows * c.vocab_size));
+  linear(x.data(), rows, H, lm_head_.empty() ? embed_ : lm_head_, {}, c.vocab_size, logits.data());
+  return logits;
+}
+
+}  // namespace kvrun::reference

@@ -1,0 +1,145 @@
+// kvrun — command-line front end. Every subcommand parses flags and calls the
+// library; no model logic lives here.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "io/progress.h"
+#include "kvrun/build.h"
+#include "kvrun/verify.h"
+
+namespace {
+
+std::vector<int64_t> parse_ids(const std::string& s) {
+  std::vector<int64_t> ids;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    size_t pos = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &pos);
+    } catch (const std::exception&) {
+      pos = 0;
+    }
+    if (pos != item.size()) throw kvrun::Error("expected comma-separated integer ids, found '" + item + "'");
+    ids.push_back(v);
+  }
+  return ids;
+}
+
+// One progress bar per stage name, drawn on stderr.
+struct StageProgress {
+  bool enabled;
+  std::map<std::string, std::unique_ptr<kvrun::io::Progress>> bars;
+  kvrun::ProgressFn fn() {
+    return [this](const std::string& stage, int64_t done, int64_t total) {
+      if (!enabled) return;
+      auto& bar = bars[stage];
+      if (!bar) bar = std::make_unique<kvrun::io::Progress>(stage);
+      bar->update(done, total, std::to_string(done) + "/" + std::to_string(total));
+      if (done >= total) bar->finish();
+    };
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvrun: Hugging Face checkpoints -> verified ONNX graphs with an explicit KV cache"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "kvrun 0.1.0");
+
+  // ---- build
+  kvrun::BuildOptions bo;
+  bool quiet = false;
+  auto* build = app.add_subcommand("build", "Convert a Hugging Face checkpoint into a kvrun package folder");
+  build->add_option("checkpoint", bo.checkpoint, "Checkpoint folder: config.json + model.safetensors (or sharded)")
+      ->required();
+  build->add_option("-o,--out", bo.out, "Package folder to create (built under a temporary name, renamed at the end)")
+      ->required();
+  build->add_option("--target", bo.target,
+                    "ort: one graph with ONNX Runtime fused ops (GroupQueryAttention, SkipSimplifiedLayerNorm); "
+                    "portable: opset-17 standard ops, prefill.onnx + decode.onnx")
+      ->check(CLI::IsMember({"ort", "portable"}))
+      ->capture_default_str();
+  build->add_option("--precision", bo.precision, "Weights, activations and KV cache dtype (logits stay fp32)")
+      ->check(CLI::IsMember({"fp32", "fp16"}))
+      ->capture_default_str();
+  build->add_option("--max-length", bo.max_length,
+                    "Longest sequence (prompt + generated) the graphs support; default: max_position_embeddings");
+  build->add_flag("--all-logits", bo.all_logits, "Return logits for every position (default: last position only)");
+  build->add_flag("--overwrite", bo.overwrite, "Replace the output folder if it exists");
+  build->add_flag("--no-load-check", [&](int64_t) { bo.load_check = false; },
+                  "Skip opening the written graphs in ONNX Runtime");
+  build->add_flag("-q,--quiet", quiet, "No progress bar");
+
+  // ---- synth-checkpoint
+  kvrun::SynthOptions so;
+  auto* synth = app.add_subcommand("synth-checkpoint",
+                                   "Write a checkpoint with deterministic random weights for a config.json");
+  synth->add_option("--config", so.config, "config.json (or a folder holding it) of a supported architecture")
+      ->required();
+  synth->add_option("-o,--out", so.out, "Checkpoint folder to create")->required();
+  synth->add_option("--seed", so.seed, "Random seed (each tensor is seeded from seed + its name)")->capture_default_str();
+  synth->add_option("--dtype", so.dtype, "Weight dtype: f32, f16 or bf16 (default: the config's torch_dtype)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  synth->add_option("--std", so.std_dev, "Standard deviation of weights (default: config initializer_range or 0.02)");
+  synth->add_flag("--overwrite", so.overwrite, "Replace the output folder if it exists");
+  synth->add_flag("-q,--quiet", quiet, "No progress bar");
+
+  // ---- verify
+  kvrun::VerifyOptions vo;
+  std::string prompt_ids;
+  bool verify_json = false;
+  auto* verify = app.add_subcommand(
+      "verify",
+      "Run a package in ONNX Runtime and compare with a C++ reference forward pass: prefill, two decode steps on the "
+      "prefill cache, a fresh prefill, and a greedy continuation. Exits 1 when a check is beyond tolerance.");
+  verify->add_option("package", vo.package, "Package folder made by `kvrun build`")->required();
+  verify->add_option("--checkpoint", vo.checkpoint, "Checkpoint folder (default: the one recorded in kvrun.json)");
+  verify->add_option("--prompt-ids", prompt_ids, "Comma-separated prompt token ids (default: 8 fixed ids)");
+  verify->add_option("--greedy-tokens", vo.greedy_tokens, "Tokens in the greedy continuation check")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  verify->add_option("--threads", vo.threads, "ONNX Runtime intra-op threads (0: one per core)");
+  verify->add_flag("--json", verify_json, "Print the report as JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    StageProgress progress{!quiet, {}};
+    if (*build) {
+      bo.progress = progress.fn();
+      const kvrun::BuildResult r = kvrun::build_package(bo);
+      std::printf("built %s (%s, %s) in %.1fs: %zu files, %.1f MB\n", r.out.c_str(), bo.target.c_str(),
+                  bo.precision.c_str(), r.seconds, r.files.size(), static_cast<double>(r.bytes) / 1e6);
+      return 0;
+    }
+    if (*synth) {
+      so.progress = progress.fn();
+      kvrun::synth_checkpoint(so);
+      std::printf("wrote %s\n", so.out.c_str());
+      return 0;
+    }
+    if (*verify) {
+      vo.prompt = parse_ids(prompt_ids);
+      const kvrun::VerifyReport r = kvrun::verify_package(vo);
+      std::fputs(verify_json ? (r.to_json() + "\n").c_str() : r.to_text().c_str(), stdout);
+      return r.passed ? 0 : 1;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvrun: error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}
