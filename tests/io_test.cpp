@@ -33,8 +33,8 @@ struct TempDir {
   TempDir() {
     static int counter = 0;
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() / ("kvrun-io-" + std::to_string(::getpid()) + "-" + info->test_suite_name() +
-                                        "-" + info->name() + "-" + std::to_string(counter++));
+    path = fs::temp_directory_path() / ("kvrun-io-" + std::to_string(::getpid()) + "-" + info->test_suite_name() + "-" +
+                                        info->name() + "-" + std::to_string(counter++));
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -74,16 +74,13 @@ std::string le64(uint64_t v) {
   return s;
 }
 
-// A safetensors file with the given raw header text and `data_bytes` zero bytes of data.
-fs::path raw_safetensors(const TempDir& d, const std::string& header, size_t data_bytes) {
+// Writes a safetensors file with the raw `header` and `data_bytes` zero bytes of data;
+// opening it must fail with an error naming the file and holding every fragment.
+void expect_bad_header(const std::string& header, size_t data_bytes, const std::vector<std::string>& fragments) {
+  SCOPED_TRACE(header);
+  TempDir d;
   const fs::path p = d / "bad.safetensors";
   write_bytes(p, le64(header.size()) + header + std::string(data_bytes, '\0'));
-  return p;
-}
-
-void expect_bad_header(const std::string& header, size_t data_bytes, const std::vector<std::string>& fragments) {
-  TempDir d;
-  const fs::path p = raw_safetensors(d, header, data_bytes);
   std::vector<std::string> all = fragments;
   all.push_back(p.string());
   expect_error([&] { SafetensorsFile f(p); }, all);
@@ -91,7 +88,11 @@ void expect_bad_header(const std::string& header, size_t data_bytes, const std::
 
 json fixture_config(const std::string& model) { return read_json_file(kFixtures / model / "config.json"); }
 
-void expect_bad_config(const json& j, const std::vector<std::string>& fragments) {
+// Parses qwen3-tiny's config after `edit`; must fail naming the source and every fragment.
+void expect_bad_config(const std::function<void(json&)>& edit, const std::vector<std::string>& fragments) {
+  json j = fixture_config("qwen3-tiny");
+  edit(j);
+  SCOPED_TRACE(j.dump());
   std::vector<std::string> all = fragments;
   all.push_back("test-config.json");
   expect_error([&] { parse_model_config(j, "test-config.json"); }, all);
@@ -100,8 +101,8 @@ void expect_bad_config(const json& j, const std::vector<std::string>& fragments)
 bool is_f16_nan(uint16_t h) { return (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0; }
 
 void expect_rel_near(double expected, double actual, double rel, const std::string& what) {
-  EXPECT_LE(std::abs(actual - expected), rel * std::abs(expected)) << what << ": expected " << expected << ", found "
-                                                                   << actual;
+  EXPECT_LE(std::abs(actual - expected), rel * std::abs(expected))
+      << what << ": expected " << expected << ", found " << actual;
 }
 
 }  // namespace
@@ -129,13 +130,13 @@ TEST(IoDtype, F16AllBitPatternsRoundTrip) {
 
 TEST(IoDtype, F16RoundsTiesToEven) {
   EXPECT_EQ(f32_to_f16(1.0f), 0x3c00);
-  EXPECT_EQ(f32_to_f16(1.0f + 0x1p-11f), 0x3c00);            // tie, 0x3c00 is even
-  EXPECT_EQ(f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);        // tie, rounds up to even
-  EXPECT_EQ(f32_to_f16(1.0f + 0x1p-11f + 0x1p-20f), 0x3c01); // just above the tie
+  EXPECT_EQ(f32_to_f16(1.0f + 0x1p-11f), 0x3c00);             // tie, 0x3c00 is even
+  EXPECT_EQ(f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);         // tie, rounds up to even
+  EXPECT_EQ(f32_to_f16(1.0f + 0x1p-11f + 0x1p-20f), 0x3c01);  // just above the tie
   EXPECT_EQ(f32_to_f16(-(1.0f + 3 * 0x1p-11f)), 0xbc02);
-  EXPECT_EQ(f32_to_f16(2047.0f), 0x67ff);                    // exact
-  EXPECT_EQ(f32_to_f16(2049.0f), 0x6800);                    // tie between 2048 and 2050 -> 2048
-  EXPECT_EQ(f32_to_f16(2051.0f), 0x6802);                    // tie between 2050 and 2052 -> 2052
+  EXPECT_EQ(f32_to_f16(2047.0f), 0x67ff);  // exact
+  EXPECT_EQ(f32_to_f16(2049.0f), 0x6800);  // tie between 2048 and 2050 -> 2048
+  EXPECT_EQ(f32_to_f16(2051.0f), 0x6802);  // tie between 2050 and 2052 -> 2052
 }
 
 TEST(IoDtype, F16OverflowAndSpecials) {
@@ -156,21 +157,21 @@ TEST(IoDtype, F16Subnormals) {
   EXPECT_EQ(f16_to_f32(0x03ff), 1023 * 0x1p-24f);
   EXPECT_EQ(f16_to_f32(0x8001), -0x1p-24f);
   EXPECT_EQ(f32_to_f16(0x1p-24f), 0x0001);
-  EXPECT_EQ(f32_to_f16(0x1p-25f), 0x0000);                // tie between 0 and 1 -> 0
-  EXPECT_EQ(f32_to_f16(0x1p-25f * 1.0001f), 0x0001);      // just above the tie
-  EXPECT_EQ(f32_to_f16(3 * 0x1p-25f), 0x0002);            // tie between 1 and 2 -> 2
-  EXPECT_EQ(f32_to_f16(1023.5f * 0x1p-24f), 0x0400);      // tie into the smallest normal
+  EXPECT_EQ(f32_to_f16(0x1p-25f), 0x0000);            // tie between 0 and 1 -> 0
+  EXPECT_EQ(f32_to_f16(0x1p-25f * 1.0001f), 0x0001);  // just above the tie
+  EXPECT_EQ(f32_to_f16(3 * 0x1p-25f), 0x0002);        // tie between 1 and 2 -> 2
+  EXPECT_EQ(f32_to_f16(1023.5f * 0x1p-24f), 0x0400);  // tie into the smallest normal
   EXPECT_EQ(f32_to_f16(0x1p-14f), 0x0400);
   EXPECT_EQ(f32_to_f16(-3 * 0x1p-24f), 0x8003);
-  EXPECT_EQ(f32_to_f16(1e-45f), 0x0000);                  // float subnormal underflows to zero
+  EXPECT_EQ(f32_to_f16(1e-45f), 0x0000);  // float subnormal underflows to zero
 }
 
 TEST(IoDtype, Bf16RoundToNearestEven) {
   EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
   EXPECT_EQ(bf16_to_f32(0x3f80), 1.0f);
-  EXPECT_EQ(f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);            // tie, even stays
-  EXPECT_EQ(f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);        // tie, odd rounds up
-  EXPECT_EQ(f32_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81); // above the tie
+  EXPECT_EQ(f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);             // tie, even stays
+  EXPECT_EQ(f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);         // tie, odd rounds up
+  EXPECT_EQ(f32_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);  // above the tie
   EXPECT_EQ(f32_to_bf16(-(1.0f + 0x1p-8f + 0x1p-20f)), 0xbf81);
   EXPECT_EQ(f32_to_bf16(std::bit_cast<float>(0x7f7fffffu)), 0x7f80);  // FLT_MAX rounds to inf
   EXPECT_EQ(f32_to_bf16(INFINITY), 0x7f80);
@@ -193,9 +194,9 @@ TEST(IoSafetensors, WriteReadRoundTrip) {
   const std::vector<uint16_t> b = {f32_to_bf16(3.0f), f32_to_bf16(-0.015625f)};
   const std::vector<int64_t> ids = {-1, int64_t{1} << 40};
   const float scalar = 42.0f;
-  const std::vector<TensorToWrite> tensors = {
-      {"a", DType::F32, {2, 3}, a.data()},   {"h", DType::F16, {3}, h.data()},  {"b", DType::BF16, {2}, b.data()},
-      {"ids", DType::I64, {2}, ids.data()}, {"s", DType::F32, {}, &scalar},    {"z", DType::F32, {0, 4}, nullptr}};
+  const std::vector<TensorToWrite> tensors = {{"a", DType::F32, {2, 3}, a.data()}, {"h", DType::F16, {3}, h.data()},
+                                              {"b", DType::BF16, {2}, b.data()},   {"ids", DType::I64, {2}, ids.data()},
+                                              {"s", DType::F32, {}, &scalar},      {"z", DType::F32, {0, 4}, nullptr}};
   const fs::path p = d / "t.safetensors";
   const uint64_t data_start = write_safetensors(p, tensors, {{"format", "pt"}, {"note", "hello"}});
   EXPECT_EQ(d.entries(), 1u) << "temporary file left behind";
@@ -209,27 +210,28 @@ TEST(IoSafetensors, WriteReadRoundTrip) {
   SafetensorsFile f(p);
   EXPECT_EQ(f.metadata(), (std::map<std::string, std::string>{{"format", "pt"}, {"note", "hello"}}));
   ASSERT_EQ(f.tensors().size(), 6u);
-  const TensorView* ta = f.find("a");
-  ASSERT_NE(ta, nullptr);
-  EXPECT_EQ(ta->shape, (std::vector<int64_t>{2, 3}));
-  EXPECT_EQ(ta->to_f32(), a);
-  EXPECT_EQ(f.find("h")->dtype, DType::F16);
-  EXPECT_EQ(f.find("h")->to_f32(), (std::vector<float>{0.5f, -1.25f, 65504.0f}));
-  EXPECT_EQ(f.find("b")->dtype, DType::BF16);
-  EXPECT_EQ(f.find("b")->to_f32(), (std::vector<float>{3.0f, -0.015625f}));
-  const TensorView* ti = f.find("ids");
-  ASSERT_EQ(ti->nbytes, 16u);
-  EXPECT_EQ(ti->dtype, DType::I64);
-  EXPECT_EQ(std::memcmp(ti->data, ids.data(), 16), 0);
-  expect_error([&] { (void)ti->to_f32(); }, {"I64"});
-  const TensorView* ts = f.find("s");
-  EXPECT_TRUE(ts->shape.empty());
-  EXPECT_EQ(ts->numel(), 1);
-  EXPECT_EQ(ts->to_f32(), std::vector<float>{42.0f});
-  const TensorView* tz = f.find("z");
-  EXPECT_EQ(tz->shape, (std::vector<int64_t>{0, 4}));
-  EXPECT_EQ(tz->nbytes, 0u);
-  EXPECT_TRUE(tz->to_f32().empty());
+  auto get = [&](const std::string& name) -> const TensorView& {
+    const TensorView* t = f.find(name);
+    if (!t) throw std::runtime_error("tensor " + name + " not read back");
+    return *t;
+  };
+  EXPECT_EQ(get("a").shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(get("a").to_f32(), a);
+  EXPECT_EQ(get("h").dtype, DType::F16);
+  EXPECT_EQ(get("h").to_f32(), (std::vector<float>{0.5f, -1.25f, 65504.0f}));
+  EXPECT_EQ(get("b").dtype, DType::BF16);
+  EXPECT_EQ(get("b").to_f32(), (std::vector<float>{3.0f, -0.015625f}));
+  const TensorView& ti = get("ids");
+  EXPECT_EQ(ti.dtype, DType::I64);
+  ASSERT_EQ(ti.nbytes, 16u);
+  EXPECT_EQ(std::memcmp(ti.data, ids.data(), 16), 0);
+  expect_error([&] { (void)ti.to_f32(); }, {"I64"});
+  EXPECT_TRUE(get("s").shape.empty());  // scalar
+  EXPECT_EQ(get("s").numel(), 1);
+  EXPECT_EQ(get("s").to_f32(), std::vector<float>{42.0f});
+  EXPECT_EQ(get("z").shape, (std::vector<int64_t>{0, 4}));  // zero-size
+  EXPECT_EQ(get("z").nbytes, 0u);
+  EXPECT_TRUE(get("z").to_f32().empty());
   EXPECT_EQ(f.find("missing"), nullptr);
 }
 
@@ -270,10 +272,12 @@ TEST(IoSafetensors, RejectsBadHeaders) {
   expect_bad_header(R"({"t": {"dtype": "F8_E9", "shape": [1], "data_offsets": [0, 1]}})", 1, {"tensor 't'", "F8_E9"});
   expect_bad_header(R"({"t": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", 8,
                     {"tensor 't'", "[3] x F32 needs 12 bytes", "span 8"});
-  expect_bad_header(R"({"t": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}})", 8, {"tensor 't'", "begin 8 > end 4"});
+  expect_bad_header(R"({"t": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}})", 8,
+                    {"tensor 't'", "begin 8 > end 4"});
   expect_bad_header(R"({"t": {"dtype": "F32", "shape": [-1, 2], "data_offsets": [0, 8]}})", 8,
                     {"tensor 't'", "non-negative"});
-  expect_bad_header(R"({"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, -4]}})", 8, {"tensor 't'", "data_offsets"});
+  expect_bad_header(R"({"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, -4]}})", 8,
+                    {"tensor 't'", "data_offsets"});
   expect_bad_header(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
                     12, {"'a'", "'b'", "overlap"});
@@ -415,32 +419,17 @@ TEST(IoConfig, RopeParametersWinOverTopLevel) {
 }
 
 TEST(IoConfig, RejectsBadConfigs) {
-  const json base = fixture_config("qwen3-tiny");
-  json j = base;
-  j["architectures"] = {"GPT2LMHeadModel"};
-  expect_bad_config(j, {"unsupported architecture", "GPT2LMHeadModel"});
-  j = base;
-  j.erase("hidden_size");
-  expect_bad_config(j, {"'hidden_size'", "missing"});
-  j = base;
-  j["num_key_value_heads"] = 3;
-  expect_bad_config(j, {"num_attention_heads (4)", "num_key_value_heads (3)"});
-  j = base;
-  j["hidden_act"] = "gelu";
-  expect_bad_config(j, {"hidden_act", "gelu"});
-  j = base;
-  j["hidden_act"] = 7;  // wrong JSON type must still be a kvrun::Error
-  expect_bad_config(j, {"hidden_act"});
-  j = base;
-  j["hidden_size"] = "64";
-  expect_bad_config(j, {"'hidden_size'", "must be an integer", "\"64\""});
-  j = base;
-  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
-  expect_bad_config(j, {"yarn"});
-  j = base;
-  j["head_dim"] = 0;
-  expect_bad_config(j, {"head_dim", "found 0"});
-  expect_error([] { load_model_config(kFixtures / "no-such-model"); }, {"no-such-model", "config.json"});
+  expect_bad_config([](json& j) { j["architectures"] = {"GPT2LMHeadModel"}; },
+                    {"unsupported architecture", "GPT2LMHeadModel"});
+  expect_bad_config([](json& j) { j.erase("hidden_size"); }, {"'hidden_size'", "missing"});
+  expect_bad_config([](json& j) { j["num_key_value_heads"] = 3; },
+                    {"num_attention_heads (4)", "num_key_value_heads (3)"});
+  expect_bad_config([](json& j) { j["hidden_act"] = "gelu"; }, {"hidden_act", "gelu"});
+  expect_bad_config([](json& j) { j["hidden_act"] = 7; }, {"hidden_act", "must be a string"});
+  expect_bad_config([](json& j) { j["hidden_size"] = "64"; }, {"'hidden_size'", "must be an integer", "\"64\""});
+  expect_bad_config([](json& j) { j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}}; }, {"yarn"});
+  expect_bad_config([](json& j) { j["head_dim"] = 0; }, {"head_dim", "found 0"});
+  expect_error([] { load_model_config(kFixtures / "no-such-model"); }, {"no-such-model", "no such file"});
 }
 
 TEST(IoConfig, Llama3InvFreqMatchesTransformers) {

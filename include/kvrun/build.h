@@ -44,8 +44,8 @@ struct SynthOptions {
   std::filesystem::path config;  // a config.json (file or folder holding it)
   std::filesystem::path out;
   uint64_t seed = 0;
-  std::string dtype;        // "f32" | "f16" | "bf16"; empty: the config's torch_dtype
-  double std_dev = 0;       // 0: config initializer_range (default 0.02)
+  std::string dtype;   // "f32" | "f16" | "bf16"; empty: the config's torch_dtype
+  double std_dev = 0;  // 0: config initializer_range (default 0.02)
   bool overwrite = false;
   ProgressFn progress;
 };

@@ -11,16 +11,16 @@ namespace kvrun {
 
 struct VerifyOptions {
   std::filesystem::path package;
-  std::filesystem::path checkpoint;   // empty: the checkpoint recorded in kvrun.json
-  std::vector<int64_t> prompt;        // empty: 8 deterministic ids
+  std::filesystem::path checkpoint;  // empty: the checkpoint recorded in kvrun.json
+  std::vector<int64_t> prompt;       // empty: 8 deterministic ids
   int greedy_tokens = 16;
-  int threads = 0;                    // ORT intra-op threads (0: default)
+  int threads = 0;  // ORT intra-op threads (0: default)
 };
 
 struct VerifyCheck {
-  std::string name;         // "prefill", "decode-1", "decode-2", "fresh-prefill", "greedy"
-  double max_abs_diff = 0;  // over the compared logits
-  double tolerance = 0;     // allowed max_abs_diff for this check
+  std::string name;             // "prefill", "decode-1", "decode-2", "fresh-prefill", "greedy"
+  double max_abs_diff = 0;      // over the compared logits
+  double tolerance = 0;         // allowed max_abs_diff for this check
   double argmax_agreement = 1;  // fraction of compared positions with the same top token
   bool passed = false;
   std::string detail;

@@ -22,7 +22,8 @@ std::vector<float> WeightReader::transposed_concat(const std::vector<std::string
   for (const auto& p : parts) {
     const int64_t rows = static_cast<int64_t>(p.size()) / in;  // HF [out, in]
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < in; ++c) out[static_cast<size_t>(c * total_out + col + r)] = p[static_cast<size_t>(r * in + c)];
+      for (int64_t c = 0; c < in; ++c)
+        out[static_cast<size_t>(c * total_out + col + r)] = p[static_cast<size_t>(r * in + c)];
     col += rows;
   }
   return out;
@@ -60,8 +61,8 @@ std::string linear(Net& n, const std::string& scope, const std::string& x, const
   return y;
 }
 
-std::string rms_norm(Net& n, const std::string& scope, const std::string& x, const std::string& gamma_name,
-                     int64_t dim, const Lazy& gamma, double eps) {
+std::string rms_norm(Net& n, const std::string& scope, const std::string& x, const std::string& gamma_name, int64_t dim,
+                     const Lazy& gamma, double eps) {
   auto& g = n.g;
   std::string h = x;
   if (n.dt != io::DType::F32) h = g.op("Cast", scope + "/CastUp", {x}, {{"to", graph::onnx_elem_type(io::DType::F32)}});
@@ -110,14 +111,19 @@ std::string mlp(Net& n, const std::string& scope, const std::string& x, const We
     gu_bias = [&] { return w.concat({nm.gate_bias, nm.up_bias}); };
     down_bias = [&] { return w.f32(nm.down_bias); };
   }
-  const std::string gu = linear(n, scope + "/gate_up_proj", x, pre + "gate_up_proj.weight", H, 2 * F,
-                                [&] { return w.transposed_concat({nm.gate, nm.up}, H); }, gu_bias);
+  const std::string gu = linear(
+      n, scope + "/gate_up_proj", x, pre + "gate_up_proj.weight", H, 2 * F,
+      [&] {
+        return w.transposed_concat({nm.gate, nm.up}, H);
+      },
+      gu_bias);
   const auto parts = split_last(n, scope + "/gate_up_proj", gu, {F, F});
   const std::string sig = n.g.op("Sigmoid", scope + "/act/Sigmoid", {parts[0]});
   const std::string silu = n.g.op("Mul", scope + "/act/Mul", {parts[0], sig});
   const std::string prod = n.g.op("Mul", scope + "/Mul", {silu, parts[1]});
-  return linear(n, scope + "/down_proj", prod, pre + "down_proj.weight", F, H,
-                [&] { return w.transposed_concat({nm.down}, F); }, down_bias);
+  return linear(
+      n, scope + "/down_proj", prod, pre + "down_proj.weight", F, H, [&] { return w.transposed_concat({nm.down}, F); },
+      down_bias);
 }
 
 }  // namespace kvrun::arch

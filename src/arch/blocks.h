@@ -45,8 +45,8 @@ std::string linear(Net& n, const std::string& scope, const std::string& x, const
 
 // RMSNorm over the last axis from standard ops (Pow/ReduceMean/Add/Sqrt/Div/Mul),
 // computed in fp32 like transformers; ORT fuses the pattern into SimplifiedLayerNormalization.
-std::string rms_norm(Net& n, const std::string& scope, const std::string& x, const std::string& gamma_name,
-                     int64_t dim, const Lazy& gamma, double eps);
+std::string rms_norm(Net& n, const std::string& scope, const std::string& x, const std::string& gamma_name, int64_t dim,
+                     const Lazy& gamma, double eps);
 
 // Residual add + RMSNorm. Returns {normed, sum}. `fused` uses com.microsoft
 // SkipSimplifiedLayerNormalization, else Add + rms_norm.

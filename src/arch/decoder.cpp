@@ -63,8 +63,9 @@ struct DecoderEmitter {
 
   std::string input_norm(int64_t l, const std::string& x) {
     const LayerTensorNames nm = layer_tensor_names(c, l);
-    return rms_norm(n, layer_scope(l) + "/input_layernorm", x, nm.input_norm, c.hidden_size,
-                    [&] { return w.f32(nm.input_norm); }, c.rms_norm_eps);
+    return rms_norm(
+        n, layer_scope(l) + "/input_layernorm", x, nm.input_norm, c.hidden_size, [&] { return w.f32(nm.input_norm); },
+        c.rms_norm_eps);
   }
 
   // Fused QKV projection: [b, s, Q + 2KV].
@@ -72,9 +73,13 @@ struct DecoderEmitter {
     const LayerTensorNames nm = layer_tensor_names(c, l);
     Lazy bias;
     if (!nm.q_bias.empty()) bias = [&] { return w.concat({nm.q_bias, nm.k_bias, nm.v_bias}); };
-    return linear(n, layer_scope(l) + "/attn/qkv_proj", x, "model.layers." + std::to_string(l) + ".self_attn.qkv_proj.weight",
-                  c.hidden_size, c.q_dim() + 2 * c.kv_dim(), [&] { return w.transposed_concat({nm.q, nm.k, nm.v}, c.hidden_size); },
-                  bias);
+    return linear(
+        n, layer_scope(l) + "/attn/qkv_proj", x, "model.layers." + std::to_string(l) + ".self_attn.qkv_proj.weight",
+        c.hidden_size, c.q_dim() + 2 * c.kv_dim(),
+        [&] {
+          return w.transposed_concat({nm.q, nm.k, nm.v}, c.hidden_size);
+        },
+        bias);
   }
 
   // Qwen3 per-head RMSNorm on [b, s, heads*D] (reshaped to heads on the way).
@@ -84,7 +89,8 @@ struct DecoderEmitter {
     const std::string scope = layer_scope(l) + (is_q ? "/attn/q_norm" : "/attn/k_norm");
     const std::string& gamma = is_q ? nm.q_norm : nm.k_norm;
     std::string h = n.g.op("Reshape", scope + "/Reshape", {x, heads_shape});
-    h = rms_norm(n, scope, h, gamma, c.head_dim, [&] { return w.f32(gamma); }, c.rms_norm_eps);
+    h = rms_norm(
+        n, scope, h, gamma, c.head_dim, [&] { return w.f32(gamma); }, c.rms_norm_eps);
     return flat_shape.empty() ? h : n.g.op("Reshape", scope + "/Flatten", {h, flat_shape});
   }
 
@@ -92,24 +98,27 @@ struct DecoderEmitter {
     const LayerTensorNames nm = layer_tensor_names(c, l);
     Lazy bias;
     if (!nm.o_bias.empty()) bias = [&] { return w.f32(nm.o_bias); };
-    return linear(n, layer_scope(l) + "/attn/o_proj", x, "model.layers." + std::to_string(l) + ".self_attn.o_proj.weight",
-                  c.q_dim(), c.hidden_size, [&] { return w.transposed_concat({nm.o}, c.q_dim()); }, bias);
+    return linear(
+        n, layer_scope(l) + "/attn/o_proj", x, "model.layers." + std::to_string(l) + ".self_attn.o_proj.weight",
+        c.q_dim(), c.hidden_size, [&] { return w.transposed_concat({nm.o}, c.q_dim()); }, bias);
   }
 
   // Post-attention residual + norm + MLP + residual + the next norm. Returns {normed, residual}.
   std::pair<std::string, std::string> finish_layer(int64_t l, const std::string& attn_out, const std::string& residual,
                                                    bool fused) {
     const LayerTensorNames nm = layer_tensor_names(c, l);
-    auto [xn, res] = skip_rms_norm(n, layer_scope(l) + "/post_attention_layernorm", attn_out, residual, nm.post_norm,
-                                   c.hidden_size, [&] { return w.f32(nm.post_norm); }, c.rms_norm_eps, fused);
+    auto [xn, res] = skip_rms_norm(
+        n, layer_scope(l) + "/post_attention_layernorm", attn_out, residual, nm.post_norm, c.hidden_size,
+        [&] { return w.f32(nm.post_norm); }, c.rms_norm_eps, fused);
     const std::string m = mlp(n, layer_scope(l) + "/mlp", xn, w, c, l);
     if (l + 1 < c.num_layers) {
       const LayerTensorNames next = layer_tensor_names(c, l + 1);
-      return skip_rms_norm(n, layer_scope(l + 1) + "/input_layernorm", m, res, next.input_norm, c.hidden_size,
-                           [&] { return w.f32(next.input_norm); }, c.rms_norm_eps, fused);
+      return skip_rms_norm(
+          n, layer_scope(l + 1) + "/input_layernorm", m, res, next.input_norm, c.hidden_size,
+          [&] { return w.f32(next.input_norm); }, c.rms_norm_eps, fused);
     }
-    return skip_rms_norm(n, "/model/norm", m, res, kFinalNorm, c.hidden_size, [&] { return w.f32(kFinalNorm); },
-                         c.rms_norm_eps, fused);
+    return skip_rms_norm(
+        n, "/model/norm", m, res, kFinalNorm, c.hidden_size, [&] { return w.f32(kFinalNorm); }, c.rms_norm_eps, fused);
   }
 
   // Final hidden [b, s, H] -> logits [b, 1 or s, V] (float32), via Gemm(transB) so a tied
@@ -184,11 +193,10 @@ struct DecoderEmitter {
       }
       in.insert(in.end(), {fmt(kv.past_key, l), fmt(kv.past_value, l), seqlens, total, cos, sin});
       const std::string gqa = scope + "/GroupQueryAttention";
-      const auto outs = g.node("GroupQueryAttention", gqa, in,
-                               {gqa + "/output_0", fmt(kv.present_key, l), fmt(kv.present_value, l)},
-                               {{"num_heads", c.num_heads}, {"kv_num_heads", c.num_kv_heads}, {"do_rotary", 1},
-                                {"rotary_interleaved", 0}},
-                               "com.microsoft");
+      const auto outs = g.node(
+          "GroupQueryAttention", gqa, in, {gqa + "/output_0", fmt(kv.present_key, l), fmt(kv.present_value, l)},
+          {{"num_heads", c.num_heads}, {"kv_num_heads", c.num_kv_heads}, {"do_rotary", 1}, {"rotary_interleaved", 0}},
+          "com.microsoft");
       const std::string o = o_proj(l, outs[0]);
       std::tie(x, residual) = finish_layer(l, o, residual, /*fused=*/true);
       if (progress) progress(l + 1);
@@ -207,20 +215,25 @@ struct DecoderEmitter {
     const std::string one = g.const_scalar(P + "/one", io::DType::I64, 1);
     const std::string zero = g.const_scalar(P + "/zero", io::DType::I64, 0);
     const std::string idx1 = g.const_i64(P + "/idx1", {1}, true);
-    const std::string seq = g.op("Gather", P + "/SeqLen", {g.op("Shape", P + "/EmbedsShape", {embeds}), idx1}, {{"axis", 0}});
-    const std::string tot = g.op("Gather", P + "/TotalLen", {g.op("Shape", P + "/MaskShape", {"attention_mask"}), idx1}, {{"axis", 0}});
+    const std::string seq =
+        g.op("Gather", P + "/SeqLen", {g.op("Shape", P + "/EmbedsShape", {embeds}), idx1}, {{"axis", 0}});
+    const std::string tot =
+        g.op("Gather", P + "/TotalLen", {g.op("Shape", P + "/MaskShape", {"attention_mask"}), idx1}, {{"axis", 0}});
     const std::string past = g.op("Sub", P + "/PastLen", {tot, seq});
     // positions from the mask (left padding aware): cumsum(mask) - 1, clamped at 0, last `seq` columns
     const std::string cs = g.op("CumSum", P + "/CumSum", {"attention_mask", g.const_i64(P + "/axis1", {1}, true)});
     const std::string pm = g.op("Max", P + "/Clamp", {g.op("Sub", P + "/Sub", {cs, one}), zero});
-    const std::string neg_seq = g.op("Unsqueeze", P + "/NegSeq", {g.op("Neg", P + "/Neg", {seq}), g.const_i64(P + "/ax0", {0})});
+    const std::string neg_seq =
+        g.op("Unsqueeze", P + "/NegSeq", {g.op("Neg", P + "/Neg", {seq}), g.const_i64(P + "/ax0", {0})});
     const std::string pos = g.op("Slice", P + "/PositionIds",
                                  {pm, neg_seq, g.const_i64(P + "/end", {kInt64Max}), g.const_i64(P + "/axes1", {1})});
     const std::string unsq1 = g.const_i64(P + "/unsq1", {1});
-    const std::string cos = g.op("Unsqueeze", "/model/rotary/Cos",
-                                 {g.op("Gather", "/model/rotary/GatherCos", {rope_table("model.rotary.cos_cache", cos_tab), pos}), unsq1});
-    const std::string sin = g.op("Unsqueeze", "/model/rotary/Sin",
-                                 {g.op("Gather", "/model/rotary/GatherSin", {rope_table("model.rotary.sin_cache", sin_tab), pos}), unsq1});
+    const std::string cos =
+        g.op("Unsqueeze", "/model/rotary/Cos",
+             {g.op("Gather", "/model/rotary/GatherCos", {rope_table("model.rotary.cos_cache", cos_tab), pos}), unsq1});
+    const std::string sin =
+        g.op("Unsqueeze", "/model/rotary/Sin",
+             {g.op("Gather", "/model/rotary/GatherSin", {rope_table("model.rotary.sin_cache", sin_tab), pos}), unsq1});
     // additive mask [b, 1, 1, s, T] (fp32): key j visible to query i iff j <= past + i and mask[j] == 1
     const std::string M = "/model/mask";
     const std::string jr = g.op("Range", M + "/KeyRange", {zero, tot, one});
@@ -228,9 +241,10 @@ struct DecoderEmitter {
     const std::string causal = g.op("LessOrEqual", M + "/Causal",
                                     {g.op("Unsqueeze", M + "/KeyRow", {jr, g.const_i64(M + "/ax0", {0})}),
                                      g.op("Unsqueeze", M + "/QueryCol", {ir, unsq1})});
-    const std::string padb = g.op("Unsqueeze", M + "/Pad",
-                                  {g.op("Cast", M + "/PadBool", {"attention_mask"}, {{"to", graph::onnx_elem_type(io::DType::BOOL)}}),
-                                   g.const_i64(M + "/ax123", {1, 2, 3})});
+    const std::string padb =
+        g.op("Unsqueeze", M + "/Pad",
+             {g.op("Cast", M + "/PadBool", {"attention_mask"}, {{"to", graph::onnx_elem_type(io::DType::BOOL)}}),
+              g.const_i64(M + "/ax123", {1, 2, 3})});
     const std::string allowed = g.op("And", M + "/Allowed", {causal, padb});
     const std::string mask = g.op("Where", M + "/Bias",
                                   {allowed, g.const_scalar(M + "/zero", io::DType::F32, 0.0),
@@ -251,8 +265,10 @@ struct DecoderEmitter {
     auto rope = [&](const std::string& s, const std::string& x) {
       const std::string h1 = s + "/Split/output_0", h2 = s + "/Split/output_1";
       g.node("Split", s + "/Split", {x, halves}, {h1, h2}, {{"axis", -1}});
-      const std::string o1 = g.op("Sub", s + "/Sub", {g.op("Mul", s + "/MulCos1", {h1, cos}), g.op("Mul", s + "/MulSin2", {h2, sin})});
-      const std::string o2 = g.op("Add", s + "/Add", {g.op("Mul", s + "/MulCos2", {h2, cos}), g.op("Mul", s + "/MulSin1", {h1, sin})});
+      const std::string o1 =
+          g.op("Sub", s + "/Sub", {g.op("Mul", s + "/MulCos1", {h1, cos}), g.op("Mul", s + "/MulSin2", {h2, sin})});
+      const std::string o2 =
+          g.op("Add", s + "/Add", {g.op("Mul", s + "/MulCos2", {h2, cos}), g.op("Mul", s + "/MulSin1", {h1, sin})});
       return g.op("Concat", s + "/Concat", {o1, o2}, {{"axis", -1}});
     };
     std::string residual = embeds;
@@ -280,7 +296,8 @@ struct DecoderEmitter {
       const std::string kt = g.op("Transpose", s + "/k/TransposeT", {g.op("Unsqueeze", s + "/k/Unsqueeze", {pk, ax2})},
                                   {{"perm", std::vector<int64_t>{0, 1, 2, 4, 3}}});
       std::string sc = g.op("Mul", s + "/Scale", {g.op("MatMul", s + "/QK/MatMul", {q5, kt}), scale});
-      if (n.dt != io::DType::F32) sc = g.op("Cast", s + "/ScoresUp", {sc}, {{"to", graph::onnx_elem_type(io::DType::F32)}});
+      if (n.dt != io::DType::F32)
+        sc = g.op("Cast", s + "/ScoresUp", {sc}, {{"to", graph::onnx_elem_type(io::DType::F32)}});
       std::string p = g.op("Softmax", s + "/Softmax", {g.op("Add", s + "/MaskAdd", {sc, mask})}, {{"axis", -1}});
       if (n.dt != io::DType::F32) p = g.op("Cast", s + "/ProbsDown", {p}, {{"to", graph::onnx_elem_type(n.dt)}});
       const std::string av = g.op("MatMul", s + "/PV/MatMul", {p, g.op("Unsqueeze", s + "/v/Unsqueeze", {pv, ax2})});

@@ -32,10 +32,17 @@ void BuildOptions::validate() const {
 namespace {
 
 // Tokenizer and config files copied verbatim so the package is self-contained.
-const char* kCopiedFiles[] = {"tokenizer.json",     "tokenizer_config.json", "special_tokens_map.json",
-                              "vocab.json",         "merges.txt",            "tokenizer.model",
-                              "added_tokens.json",  "chat_template.jinja",   "chat_template.json",
-                              "generation_config.json", "config.json"};
+const char* kCopiedFiles[] = {"tokenizer.json",
+                              "tokenizer_config.json",
+                              "special_tokens_map.json",
+                              "vocab.json",
+                              "merges.txt",
+                              "tokenizer.model",
+                              "added_tokens.json",
+                              "chat_template.jinja",
+                              "chat_template.json",
+                              "generation_config.json",
+                              "config.json"};
 
 json chat_template_of(const fs::path& ckpt) {
   if (fs::exists(ckpt / "chat_template.jinja")) return io::read_text_file(ckpt / "chat_template.jinja");
@@ -74,17 +81,17 @@ BuildResult build_package(const BuildOptions& opt) {
   // 1. embedding table (page-aligned so graphs can reference it in place)
   progress("embedding", 0, 1);
   const io::TensorView& emb = store.get(arch::kEmbedTokens);
-  const uint64_t data_start = io::write_safetensors_streaming(
-      dir / "embedding.safetensors", {{arch::kEmbedTokens, dt, emb.shape, nullptr}},
-      {{"format", "kvrun-embedding"}}, 4096, [&](size_t, std::vector<uint8_t>& buf) {
-        const std::vector<float> f = emb.to_f32();
-        if (dt == io::DType::F32) {
-          std::memcpy(buf.data(), f.data(), buf.size());
-        } else {
-          auto* h = reinterpret_cast<uint16_t*>(buf.data());
-          for (size_t i = 0; i < f.size(); ++i) h[i] = io::f32_to_f16(f[i]);
-        }
-      });
+  const uint64_t data_start =
+      io::write_safetensors_streaming(dir / "embedding.safetensors", {{arch::kEmbedTokens, dt, emb.shape, nullptr}},
+                                      {{"format", "kvrun-embedding"}}, 4096, [&](size_t, std::vector<uint8_t>& buf) {
+                                        const std::vector<float> f = emb.to_f32();
+                                        if (dt == io::DType::F32) {
+                                          std::memcpy(buf.data(), f.data(), buf.size());
+                                        } else {
+                                          auto* h = reinterpret_cast<uint16_t*>(buf.data());
+                                          for (size_t i = 0; i < f.size(); ++i) h[i] = io::f32_to_f16(f[i]);
+                                        }
+                                      });
   const graph::ExternalData::Entry embed_entry{
       "embedding.safetensors", static_cast<int64_t>(data_start),
       static_cast<int64_t>(emb.numel() * static_cast<int64_t>(io::dtype_size(dt)))};
@@ -109,8 +116,16 @@ BuildResult build_package(const BuildOptions& opt) {
   }
 
   // 4. manifest
-  build::ManifestInputs mi{cfg, gen, target, dt, max_len, opt.all_logits, graphs, copied,
-                           chat_template_of(opt.checkpoint), fs::absolute(opt.checkpoint).string()};
+  build::ManifestInputs mi{cfg,
+                           gen,
+                           target,
+                           dt,
+                           max_len,
+                           opt.all_logits,
+                           graphs,
+                           copied,
+                           chat_template_of(opt.checkpoint),
+                           fs::absolute(opt.checkpoint).string()};
   const json manifest = build::make_manifest(mi);
   io::write_text_file_atomic(dir / "kvrun.json", manifest.dump(2) + "\n");
 

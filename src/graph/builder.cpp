@@ -14,23 +14,33 @@ namespace fs = std::filesystem;
 int onnx_elem_type(io::DType t) {
   using T = onnx::TensorProto;
   switch (t) {
-    case io::DType::F32: return T::FLOAT;
-    case io::DType::F16: return T::FLOAT16;
-    case io::DType::BF16: return T::BFLOAT16;
-    case io::DType::F64: return T::DOUBLE;
-    case io::DType::I64: return T::INT64;
-    case io::DType::I32: return T::INT32;
-    case io::DType::I16: return T::INT16;
-    case io::DType::I8: return T::INT8;
-    case io::DType::U8: return T::UINT8;
-    case io::DType::BOOL: return T::BOOL;
+    case io::DType::F32:
+      return T::FLOAT;
+    case io::DType::F16:
+      return T::FLOAT16;
+    case io::DType::BF16:
+      return T::BFLOAT16;
+    case io::DType::F64:
+      return T::DOUBLE;
+    case io::DType::I64:
+      return T::INT64;
+    case io::DType::I32:
+      return T::INT32;
+    case io::DType::I16:
+      return T::INT16;
+    case io::DType::I8:
+      return T::INT8;
+    case io::DType::U8:
+      return T::UINT8;
+    case io::DType::BOOL:
+      return T::BOOL;
   }
   return T::UNDEFINED;
 }
 
 namespace {
-constexpr size_t kInlineLimit = 1024;      // bytes; smaller tensors stay inside the .onnx
-constexpr int64_t kPageAlign = 4096;       // large tensors start on a page boundary (mmap-able)
+constexpr size_t kInlineLimit = 1024;  // bytes; smaller tensors stay inside the .onnx
+constexpr int64_t kPageAlign = 4096;   // large tensors start on a page boundary (mmap-able)
 constexpr size_t kLargeTensor = 64 * 1024;
 
 void set_dims(onnx::ValueInfoProto* vi, io::DType t, const std::vector<Dim>& dims) {
@@ -101,7 +111,6 @@ GraphBuilder::GraphBuilder(fs::path onnx_path, std::string graph_name, std::map<
 }
 
 GraphBuilder::~GraphBuilder() = default;
-
 
 void GraphBuilder::input(const std::string& name, io::DType t, const std::vector<Dim>& dims) {
   set_dims(graph_->add_input(), t, dims);

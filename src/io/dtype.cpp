@@ -11,15 +11,19 @@ namespace kvrun::io {
 size_t dtype_size(DType t) {
   switch (t) {
     case DType::F64:
-    case DType::I64: return 8;
+    case DType::I64:
+      return 8;
     case DType::F32:
-    case DType::I32: return 4;
+    case DType::I32:
+      return 4;
     case DType::F16:
     case DType::BF16:
-    case DType::I16: return 2;
+    case DType::I16:
+      return 2;
     case DType::I8:
     case DType::U8:
-    case DType::BOOL: return 1;
+    case DType::BOOL:
+      return 1;
   }
   return 0;
 }
@@ -41,16 +45,26 @@ DType dtype_from_safetensors(std::string_view s) {
 
 std::string_view dtype_to_safetensors(DType t) {
   switch (t) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::F64: return "F64";
-    case DType::I64: return "I64";
-    case DType::I32: return "I32";
-    case DType::I16: return "I16";
-    case DType::I8: return "I8";
-    case DType::U8: return "U8";
-    case DType::BOOL: return "BOOL";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::F64:
+      return "F64";
+    case DType::I64:
+      return "I64";
+    case DType::I32:
+      return "I32";
+    case DType::I16:
+      return "I16";
+    case DType::I8:
+      return "I8";
+    case DType::U8:
+      return "U8";
+    case DType::BOOL:
+      return "BOOL";
   }
   return "?";
 }
@@ -113,21 +127,34 @@ uint16_t f32_to_bf16(float f) {
 void to_f32(DType t, const void* src, float* dst, size_t n) {
   switch (t) {
     case DType::F32:
-      std::memcpy(dst, src, n * 4);
+      if (n) std::memcpy(dst, src, n * 4);  // dst may be null when n == 0 (empty vector)
       return;
+    // Element reads go through memcpy: safetensors data may sit at any byte offset.
     case DType::F16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+      const auto* b = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t w;
+        std::memcpy(&w, b + 2 * i, 2);
+        dst[i] = f16_to_f32(w);
+      }
       return;
     }
     case DType::BF16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      const auto* b = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t w;
+        std::memcpy(&w, b + 2 * i, 2);
+        dst[i] = bf16_to_f32(w);
+      }
       return;
     }
     case DType::F64: {
-      const auto* s = static_cast<const double*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
+      const auto* b = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i) {
+        double d;
+        std::memcpy(&d, b + 8 * i, 8);
+        dst[i] = static_cast<float>(d);
+      }
       return;
     }
     default:

@@ -37,8 +37,7 @@ nlohmann::json read_json_file(const fs::path& path) {
   }
 }
 
-AtomicFile::AtomicFile(const fs::path& path)
-    : path_(path), tmp_(path.string() + ".tmp-" + std::to_string(::getpid())) {
+AtomicFile::AtomicFile(const fs::path& path) : path_(path), tmp_(path.string() + ".tmp-" + std::to_string(::getpid())) {
   f_ = std::fopen(tmp_.c_str(), "wb");
   if (!f_) throw Error(tmp_.string() + ": cannot create: " + std::strerror(errno));
 }
@@ -81,12 +80,14 @@ void write_text_file_atomic(const fs::path& path, const std::string& text) {
 
 StagedDir::StagedDir(const fs::path& final_dir, bool overwrite) : final_(final_dir), overwrite_(overwrite) {
   std::error_code ec;
-  if (fs::exists(final_, ec) && !overwrite_ && !(fs::is_directory(final_) && fs::is_empty(final_)))
+  if (fs::exists(final_, ec) && !overwrite_ && !(fs::is_directory(final_, ec) && fs::is_empty(final_, ec)))
     throw Error(final_.string() + ": output folder exists and is not empty (use --overwrite)");
-  fs::path parent = fs::absolute(final_).parent_path();
+  const fs::path abs = fs::absolute(final_, ec);
+  if (ec) throw Error(final_.string() + ": invalid output path: " + ec.message());
+  fs::path parent = abs.parent_path();
   fs::create_directories(parent, ec);
   if (ec) throw Error(parent.string() + ": cannot create: " + ec.message());
-  tmp_ = fs::path(fs::absolute(final_).string() + ".partial-" + std::to_string(::getpid()));
+  tmp_ = fs::path(abs.string() + ".partial-" + std::to_string(::getpid()));
   fs::remove_all(tmp_, ec);
   fs::create_directories(tmp_, ec);
   if (ec) throw Error(tmp_.string() + ": cannot create: " + ec.message());

@@ -12,9 +12,12 @@ using nlohmann::json;
 
 const char* family_name(Family f) {
   switch (f) {
-    case Family::Llama: return "llama";
-    case Family::Qwen2: return "qwen2";
-    case Family::Qwen3: return "qwen3";
+    case Family::Llama:
+      return "llama";
+    case Family::Qwen2:
+      return "qwen2";
+    case Family::Qwen3:
+      return "qwen3";
   }
   return "?";
 }
@@ -88,6 +91,8 @@ ModelConfig parse_model_config(const json& j, const std::string& src) {
   c.rms_norm_eps = get_num(j, "rms_norm_eps", src, 1e-6);
   c.rope_theta = get_num(j, "rope_theta", src, 10000.0);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, false);
+  if (j.contains("hidden_act") && !j["hidden_act"].is_string())
+    throw Error(src + ": field 'hidden_act' must be a string, found " + j["hidden_act"].dump());
   const std::string act = j.value("hidden_act", std::string("silu"));
   if (act != "silu") throw Error(src + ": hidden_act '" + act + "' is not supported (expected 'silu')");
   const bool attention_bias = get_bool(j, "attention_bias", src, false);
@@ -122,6 +127,9 @@ ModelConfig parse_model_config(const json& j, const std::string& src) {
   if (rope) {
     const json& r = *rope;
     if (!r.is_object()) throw Error(src + ": rope_scaling must be an object or null");
+    for (const char* k : {"rope_type", "type"})
+      if (r.contains(k) && !r[k].is_string())
+        throw Error(src + ": rope '" + k + "' must be a string, found " + r[k].dump());
     c.rope_scaling.type = r.value("rope_type", r.value("type", std::string("default")));
     if (c.rope_scaling.type != "default" && c.rope_scaling.type != "linear" && c.rope_scaling.type != "llama3")
       throw Error(src + ": rope_scaling type '" + c.rope_scaling.type +
@@ -262,8 +270,12 @@ GenerationConfig load_generation_config(const fs::path& dir, const ModelConfig& 
 }
 
 json GenerationConfig::to_json() const {
-  json j = {{"eos_token_ids", eos_token_ids}, {"do_sample", do_sample}, {"temperature", temperature},
-            {"top_k", top_k},                 {"top_p", top_p},         {"repetition_penalty", repetition_penalty}};
+  json j = {{"eos_token_ids", eos_token_ids},
+            {"do_sample", do_sample},
+            {"temperature", temperature},
+            {"top_k", top_k},
+            {"top_p", top_p},
+            {"repetition_penalty", repetition_penalty}};
   j["bos_token_id"] = bos_token_id ? json(*bos_token_id) : json(nullptr);
   j["pad_token_id"] = pad_token_id ? json(*pad_token_id) : json(nullptr);
   if (max_new_tokens) j["max_new_tokens"] = *max_new_tokens;

@@ -35,10 +35,10 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;   // Qwen2: always; Llama/Qwen3: attention_bias
-  bool o_bias = false;     // Llama/Qwen3 attention_bias
-  bool mlp_bias = false;   // Llama mlp_bias
-  bool qk_norm = false;    // Qwen3 per-head RMSNorm on q and k
+  bool qkv_bias = false;  // Qwen2: always; Llama/Qwen3: attention_bias
+  bool o_bias = false;    // Llama/Qwen3 attention_bias
+  bool mlp_bias = false;  // Llama mlp_bias
+  bool qk_norm = false;   // Qwen3 per-head RMSNorm on q and k
   std::optional<int64_t> bos_token_id, pad_token_id;
   std::vector<int64_t> eos_token_ids;
   std::string torch_dtype = "float32";

@@ -41,9 +41,7 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 
 namespace {
 
-[[noreturn]] void bad(const fs::path& p, const std::string& msg) {
-  throw Error(p.string() + ": " + msg);
-}
+[[noreturn]] void bad(const fs::path& p, const std::string& msg) { throw Error(p.string() + ": " + msg); }
 
 // Multiplies with overflow detection; false on overflow.
 bool mul_ok(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
@@ -61,8 +59,8 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
   const uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
     ::close(fd);
-    bad(path, "truncated safetensors file: expected at least 8 bytes (header length), found " +
-                  std::to_string(file_size));
+    bad(path,
+        "truncated safetensors file: expected at least 8 bytes (header length), found " + std::to_string(file_size));
   }
   map_size_ = static_cast<size_t>(file_size);
   map_ = ::mmap(nullptr, map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -141,8 +139,10 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
                       std::to_string(end - begin));
       v.data = base + data_start + begin;
       v.nbytes = static_cast<size_t>(end - begin);
-      ranges.emplace_back(begin, end);
-      range_names.push_back(name);
+      if (begin != end) {  // empty tensors overlap nothing; listing them would hide neighbours' overlaps
+        ranges.emplace_back(begin, end);
+        range_names.push_back(name);
+      }
       tensors_.emplace(name, std::move(v));
     }
     std::vector<size_t> order(ranges.size());
@@ -178,14 +178,14 @@ TensorStore::TensorStore(const fs::path& path) : path_(path) {
     const fs::path index = path / "model.safetensors.index.json";
     if (fs::exists(index)) {
       const json j = read_json_file(index);
-      if (!j.contains("weight_map") || !j["weight_map"].is_object())
-        throw Error(index.string() + ": expected an object 'weight_map' {tensor: file}");
+      if (!j.contains("weight_map") || !j["weight_map"].is_object() || j["weight_map"].empty())
+        throw Error(index.string() + ": expected a non-empty object 'weight_map' {tensor: file}");
       std::map<std::string, size_t> file_ids;
       std::vector<std::pair<std::string, std::string>> wanted;
       for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
         if (!it->is_string()) throw Error(index.string() + ": weight_map['" + it.key() + "'] must be a file name");
         const std::string file = it->get<std::string>();
-        if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
+        if (file.empty() || file.find('/') != std::string::npos || file.find("..") != std::string::npos)
           throw Error(index.string() + ": weight_map['" + it.key() + "'] names '" + file +
                       "', expected a file name inside the checkpoint folder");
         if (!file_ids.count(file)) {
@@ -243,9 +243,8 @@ uint64_t write_safetensors_streaming(const fs::path& path, const std::vector<Ten
       n *= static_cast<uint64_t>(d);
     }
     if (header.contains(t.name)) throw Error(path.string() + ": tensor '" + t.name + "' written twice");
-    header[t.name] = {{"dtype", dtype_to_safetensors(t.dtype)},
-                      {"shape", t.shape},
-                      {"data_offsets", {offset, offset + n}}};
+    header[t.name] = {
+        {"dtype", dtype_to_safetensors(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
     sizes.push_back(n);
     offset += n;
   }
@@ -261,7 +260,8 @@ uint64_t write_safetensors_streaming(const fs::path& path, const std::vector<Ten
   for (size_t i = 0; i < tensors.size(); ++i) {
     buf.assign(sizes[i], 0);
     fill(i, buf);
-    if (buf.size() != sizes[i]) throw Error(path.string() + ": tensor '" + tensors[i].name + "' filled with wrong size");
+    if (buf.size() != sizes[i])
+      throw Error(path.string() + ": tensor '" + tensors[i].name + "' filled with wrong size");
     out.write(buf.data(), buf.size());
   }
   out.commit();

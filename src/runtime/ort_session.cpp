@@ -13,32 +13,53 @@ Ort::Env& ort_env() {
 
 io::DType from_onnx_elem(ONNXTensorElementDataType t) {
   switch (t) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return io::DType::F32;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return io::DType::F16;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return io::DType::BF16;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return io::DType::F64;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return io::DType::I64;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return io::DType::I32;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return io::DType::I16;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return io::DType::I8;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return io::DType::U8;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return io::DType::BOOL;
-    default: throw Error("unsupported ONNX tensor element type " + std::to_string(static_cast<int>(t)));
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT:
+      return io::DType::F32;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16:
+      return io::DType::F16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16:
+      return io::DType::BF16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE:
+      return io::DType::F64;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64:
+      return io::DType::I64;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32:
+      return io::DType::I32;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16:
+      return io::DType::I16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8:
+      return io::DType::I8;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8:
+      return io::DType::U8;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL:
+      return io::DType::BOOL;
+    default:
+      throw Error("unsupported ONNX tensor element type " + std::to_string(static_cast<int>(t)));
   }
 }
 
 ONNXTensorElementDataType to_onnx_elem(io::DType t) {
   switch (t) {
-    case io::DType::F32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-    case io::DType::F16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
-    case io::DType::BF16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
-    case io::DType::F64: return ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE;
-    case io::DType::I64: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-    case io::DType::I32: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-    case io::DType::I16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
-    case io::DType::I8: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
-    case io::DType::U8: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
-    case io::DType::BOOL: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+    case io::DType::F32:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    case io::DType::F16:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+    case io::DType::BF16:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+    case io::DType::F64:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE;
+    case io::DType::I64:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    case io::DType::I32:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    case io::DType::I16:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
+    case io::DType::I8:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+    case io::DType::U8:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+    case io::DType::BOOL:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
   }
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
 }

@@ -21,8 +21,8 @@ struct SessionConfig {
 struct IoInfo {
   std::string name;
   io::DType dtype = io::DType::F32;
-  std::vector<int64_t> shape;              // -1 for symbolic dims
-  std::vector<std::string> symbolic;       // dim_param names ("" for fixed)
+  std::vector<int64_t> shape;         // -1 for symbolic dims
+  std::vector<std::string> symbolic;  // dim_param names ("" for fixed)
 };
 
 // An ORT session with its I/O signature read once.

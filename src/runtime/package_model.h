@@ -31,7 +31,9 @@ class PackageModel {
   // Appends n positions; returns logits [rows, vocab] (rows = 1, or n when the
   // package keeps all positions). Batch size 1.
   std::vector<float> forward(State& st, const std::vector<float>& embeds, int64_t n);
-  std::vector<float> forward_ids(State& st, const std::vector<int64_t>& ids) { return forward(st, embed(ids), static_cast<int64_t>(ids.size())); }
+  std::vector<float> forward_ids(State& st, const std::vector<int64_t>& ids) {
+    return forward(st, embed(ids), static_cast<int64_t>(ids.size()));
+  }
 
  private:
   build::Manifest m_;

@@ -23,8 +23,8 @@ double tolerance_for(const std::string& precision) { return precision == "fp16" 
 // Compares the last `rows` positions of reference logits with the package's.
 // Argmax "agrees" when identical, or when the reference itself cannot tell the two
 // tokens apart within the tolerance (a near-tie is not an error).
-VerifyCheck compare(const std::string& name, const std::vector<float>& ref, const std::vector<float>& got, int64_t vocab,
-                    double rel_tol) {
+VerifyCheck compare(const std::string& name, const std::vector<float>& ref, const std::vector<float>& got,
+                    int64_t vocab, double rel_tol) {
   VerifyCheck c;
   c.name = name;
   const int64_t rows = static_cast<int64_t>(got.size()) / vocab;
@@ -36,7 +36,8 @@ VerifyCheck compare(const std::string& name, const std::vector<float>& ref, cons
   for (int64_t r = 0; r < rows; ++r) {
     const float* a = ref.data() + (ref_rows - rows + r) * vocab;
     const float* b = got.data() + r * vocab;
-    for (int64_t i = 0; i < vocab; ++i) c.max_abs_diff = std::max(c.max_abs_diff, static_cast<double>(std::fabs(a[i] - b[i])));
+    for (int64_t i = 0; i < vocab; ++i)
+      c.max_abs_diff = std::max(c.max_abs_diff, static_cast<double>(std::fabs(a[i] - b[i])));
     const int64_t ia = argmax(a, vocab), ib = argmax(b, vocab);
     if (ia == ib || a[ia] - a[ib] <= c.tolerance) ++agree;
   }
@@ -142,7 +143,8 @@ VerifyReport verify_package(const VerifyOptions& opt) {
 std::string VerifyReport::to_text() const {
   std::string s;
   char line[256];
-  std::snprintf(line, sizeof line, "%-14s %14s %12s %8s  %s\n", "check", "max_abs_diff", "tolerance", "argmax", "result");
+  std::snprintf(line, sizeof line, "%-14s %14s %12s %8s  %s\n", "check", "max_abs_diff", "tolerance", "argmax",
+                "result");
   s += line;
   for (const auto& c : checks) {
     std::snprintf(line, sizeof line, "%-14s %14.3e %12.3e %7.1f%%  %s%s%s\n", c.name.c_str(), c.max_abs_diff,

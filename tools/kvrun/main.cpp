@@ -63,9 +63,10 @@ int main(int argc, char** argv) {
       ->required();
   build->add_option("-o,--out", bo.out, "Package folder to create (built under a temporary name, renamed at the end)")
       ->required();
-  build->add_option("--target", bo.target,
-                    "ort: one graph with ONNX Runtime fused ops (GroupQueryAttention, SkipSimplifiedLayerNorm); "
-                    "portable: opset-17 standard ops, prefill.onnx + decode.onnx")
+  build
+      ->add_option("--target", bo.target,
+                   "ort: one graph with ONNX Runtime fused ops (GroupQueryAttention, SkipSimplifiedLayerNorm); "
+                   "portable: opset-17 standard ops, prefill.onnx + decode.onnx")
       ->check(CLI::IsMember({"ort", "portable"}))
       ->capture_default_str();
   build->add_option("--precision", bo.precision, "Weights, activations and KV cache dtype (logits stay fp32)")
@@ -75,18 +76,19 @@ int main(int argc, char** argv) {
                     "Longest sequence (prompt + generated) the graphs support; default: max_position_embeddings");
   build->add_flag("--all-logits", bo.all_logits, "Return logits for every position (default: last position only)");
   build->add_flag("--overwrite", bo.overwrite, "Replace the output folder if it exists");
-  build->add_flag("--no-load-check", [&](int64_t) { bo.load_check = false; },
-                  "Skip opening the written graphs in ONNX Runtime");
+  build->add_flag(
+      "--no-load-check", [&](int64_t) { bo.load_check = false; }, "Skip opening the written graphs in ONNX Runtime");
   build->add_flag("-q,--quiet", quiet, "No progress bar");
 
   // ---- synth-checkpoint
   kvrun::SynthOptions so;
-  auto* synth = app.add_subcommand("synth-checkpoint",
-                                   "Write a checkpoint with deterministic random weights for a config.json");
+  auto* synth =
+      app.add_subcommand("synth-checkpoint", "Write a checkpoint with deterministic random weights for a config.json");
   synth->add_option("--config", so.config, "config.json (or a folder holding it) of a supported architecture")
       ->required();
   synth->add_option("-o,--out", so.out, "Checkpoint folder to create")->required();
-  synth->add_option("--seed", so.seed, "Random seed (each tensor is seeded from seed + its name)")->capture_default_str();
+  synth->add_option("--seed", so.seed, "Random seed (each tensor is seeded from seed + its name)")
+      ->capture_default_str();
   synth->add_option("--dtype", so.dtype, "Weight dtype: f32, f16 or bf16 (default: the config's torch_dtype)")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}));
   synth->add_option("--std", so.std_dev, "Standard deviation of weights (default: config initializer_range or 0.02)");

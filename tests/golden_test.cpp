@@ -1,0 +1,166 @@
+// Accuracy against the original framework: logits and greedy continuations recorded
+// from Hugging Face transformers (tools/make_goldens.py) for tiny random checkpoints.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "arch/tensor_names.h"
+#include "io/fs.h"
+#include "io/model_config.h"
+#include "io/safetensors.h"
+#include "reference/decoder_ref.h"
+#include "runtime/package_model.h"
+#include "test_util.h"
+
+namespace kvrun::test {
+namespace {
+
+constexpr double kFp32Tol = 1e-4;  // max |logit - HF logit| for fp32 builds
+
+struct Golden {
+  std::vector<std::vector<int64_t>> prompts, greedy;
+  std::unique_ptr<io::TensorStore> logits;
+  std::vector<float> prompt_logits(size_t k) const {
+    return logits->get("prompt" + std::to_string(k) + ".logits").to_f32();
+  }
+  std::vector<float> continuation_logits(size_t k) const {
+    return logits->get("prompt" + std::to_string(k) + ".continuation_logits").to_f32();
+  }
+};
+
+Golden load_golden(const std::string& name) {
+  const nlohmann::json j = io::read_json_file(fixture(name) / "golden.json");
+  Golden g;
+  g.prompts = j.at("prompts").get<std::vector<std::vector<int64_t>>>();
+  g.greedy = j.at("greedy").get<std::vector<std::vector<int64_t>>>();
+  g.logits = std::make_unique<io::TensorStore>(fixture(name) / j.at("logits_file").get<std::string>());
+  return g;
+}
+
+double max_abs_diff(const float* a, const float* b, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
+  return m;
+}
+
+int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
+
+const std::vector<std::string> kFixtures = {"qwen3-tiny", "qwen2-tiny", "llama-tiny", "qwen3-tiny-bf16"};
+
+class Golden_ : public ::testing::TestWithParam<std::string> {};
+
+// The tensor-name table (arch/tensor_names) is exactly what transformers writes.
+TEST_P(Golden_, TensorNamesMatchCheckpoint) {
+  const io::ModelConfig cfg = io::load_model_config(fixture(GetParam()));
+  const io::TensorStore store(fixture(GetParam()));
+  std::set<std::string> expected, found;
+  for (const auto& s : arch::expected_tensors(cfg)) {
+    expected.insert(s.name);
+    EXPECT_EQ(store.get(s.name).shape, s.shape) << s.name;
+  }
+  for (const auto& n : store.names()) found.insert(n);
+  EXPECT_EQ(expected, found);
+}
+
+// The C++ reference forward pass reproduces transformers' logits at every position.
+TEST_P(Golden_, ReferenceMatchesHfLogits) {
+  const Golden g = load_golden(GetParam());
+  const io::ModelConfig cfg = io::load_model_config(fixture(GetParam()));
+  const io::TensorStore store(fixture(GetParam()));
+  reference::DecoderRef ref(cfg, store);
+  for (size_t k = 0; k < g.prompts.size(); ++k) {
+    ref.reset();
+    const std::vector<float> got = ref.forward_ids(g.prompts[k], /*all_logits=*/true);
+    const std::vector<float> hf = g.prompt_logits(k);
+    ASSERT_EQ(got.size(), hf.size());
+    EXPECT_LE(max_abs_diff(got.data(), hf.data(), hf.size()), kFp32Tol) << "prompt " << k;
+  }
+}
+
+// Builds both targets in fp32 and checks, against HF: prefill logits, every decode
+// step of a teacher-forced continuation, and the 32-token greedy continuation.
+void check_fp32_package(const std::string& fixture_name, const std::string& target) {
+  const Golden g = load_golden(fixture_name);
+  runtime::PackageModel model(built_package(fixture_name, target, "fp32"));
+  const int64_t V = model.vocab_size();
+  for (size_t k = 0; k < g.prompts.size(); ++k) {
+    const auto& prompt = g.prompts[k];
+    const std::vector<float> hf_prompt = g.prompt_logits(k);
+    const std::vector<float> hf_cont = g.continuation_logits(k);
+    auto st = model.new_state();
+    std::vector<float> lg = model.forward_ids(st, prompt);
+    ASSERT_EQ(static_cast<int64_t>(lg.size()), V);
+    EXPECT_LE(max_abs_diff(lg.data(), hf_prompt.data() + hf_prompt.size() - V, V), kFp32Tol)
+        << fixture_name << " " << target << " prefill of prompt " << k;
+    // teacher-forced decode steps along the greedy continuation
+    double worst = 0;
+    for (size_t i = 0; i + 1 < g.greedy[k].size(); ++i) {
+      lg = model.forward_ids(st, {g.greedy[k][i]});
+      const float* hf_row = hf_cont.data() + (prompt.size() + i) * V;
+      worst = std::max(worst, max_abs_diff(lg.data(), hf_row, V));
+    }
+    EXPECT_LE(worst, kFp32Tol) << fixture_name << " " << target << " decode steps of prompt " << k;
+    // free-running greedy decode must equal transformers' generate()
+    auto sg = model.new_state();
+    std::vector<int64_t> out;
+    lg = model.forward_ids(sg, prompt);
+    for (int i = 0; i < 32; ++i) {
+      out.push_back(argmax(lg.data(), V));
+      if (i + 1 < 32) lg = model.forward_ids(sg, {out.back()});
+    }
+    EXPECT_EQ(out, g.greedy[k]) << fixture_name << " " << target << " greedy continuation of prompt " << k;
+  }
+}
+
+TEST_P(Golden_, OrtFp32MatchesHf) { check_fp32_package(GetParam(), "ort"); }
+TEST_P(Golden_, PortableFp32MatchesHf) { check_fp32_package(GetParam(), "portable"); }
+
+// With all-position logits kept, the prefill returns every row and each matches HF.
+TEST_P(Golden_, AllLogitsPrefillMatchesHf) {
+  const Golden g = load_golden(GetParam());
+  for (const char* target : {"ort", "portable"}) {
+    runtime::PackageModel model(built_package(GetParam(), target, "fp32", /*all_logits=*/true));
+    auto st = model.new_state();
+    const std::vector<float> lg = model.forward_ids(st, g.prompts[2]);
+    const std::vector<float> hf = g.prompt_logits(2);
+    ASSERT_EQ(lg.size(), hf.size()) << target;
+    EXPECT_LE(max_abs_diff(lg.data(), hf.data(), hf.size()), kFp32Tol) << target;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Golden_, ::testing::ValuesIn(kFixtures));
+
+// fp16 packages: next-token argmax agrees with transformers (fp32) on >= 99% of
+// teacher-forced positions, pooled over all fixtures and prompts.
+void check_fp16_agreement(const std::string& target) {
+  int64_t agree = 0, total = 0;
+  for (const std::string& name : kFixtures) {
+    const Golden g = load_golden(name);
+    runtime::PackageModel model(built_package(name, target, "fp16"));
+    const int64_t V = model.vocab_size();
+    for (size_t k = 0; k < g.prompts.size(); ++k) {
+      const std::vector<float> hf = g.continuation_logits(k);
+      std::vector<int64_t> seq = g.prompts[k];
+      seq.insert(seq.end(), g.greedy[k].begin(), g.greedy[k].end() - 1);
+      auto st = model.new_state();
+      for (size_t i = 0; i < seq.size(); ++i) {  // one position at a time: prefill of 1 then decode steps
+        const std::vector<float> lg = model.forward_ids(st, {seq[i]});
+        agree += argmax(lg.data(), V) == argmax(hf.data() + i * V, V);
+        ++total;
+      }
+    }
+  }
+  const double rate = static_cast<double>(agree) / static_cast<double>(total);
+  std::printf("[ fp16 %s ] argmax agreement %.2f%% over %lld positions\n", target.c_str(), 100 * rate,
+              static_cast<long long>(total));
+  EXPECT_GE(rate, 0.99) << target;
+}
+
+TEST(GoldenFp16, OrtArgmaxAgreement) { check_fp16_agreement("ort"); }
+TEST(GoldenFp16, PortableArgmaxAgreement) { check_fp16_agreement("portable"); }
+
+}  // namespace
+}  // namespace kvrun::test

@@ -1,0 +1,62 @@
+#include "test_util.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <map>
+#include <memory>
+
+namespace kvrun::test {
+namespace fs = std::filesystem;
+
+TempDir::TempDir() {
+  static int counter = 0;
+  path_ = fs::temp_directory_path() / ("kvrun-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+  fs::remove_all(path_);
+  fs::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+fs::path built_package(const std::string& fixture_name, const std::string& target, const std::string& precision,
+                       bool all_logits) {
+  static TempDir root;
+  static std::map<std::string, fs::path> cache;
+  const std::string key = fixture_name + "-" + target + "-" + precision + (all_logits ? "-all" : "");
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  BuildOptions o;
+  o.checkpoint = fixture(fixture_name);
+  o.out = root / key;
+  o.target = target;
+  o.precision = precision;
+  o.all_logits = all_logits;
+  build_package(o);
+  cache[key] = o.out;
+  return o.out;
+}
+
+CliResult run_cli(const std::vector<std::string>& args) {
+  std::string cmd = std::string("'") + KVRUN_CLI + "'";
+  for (const auto& a : args) {
+    std::string q = "'";
+    for (char c : a) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    cmd += " " + q + "'";
+  }
+  cmd += " 2>&1";
+  CliResult r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return {-1, "popen failed"};
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace kvrun::test

@@ -1,0 +1,39 @@
+// Helpers shared by the test files: fixture paths, temp folders, package cache, CLI runs.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "kvrun/build.h"
+
+namespace kvrun::test {
+
+inline std::filesystem::path source_dir() { return KVRUN_SOURCE_DIR; }
+inline std::filesystem::path fixture(const std::string& name) { return source_dir() / "tests" / "fixtures" / name; }
+
+// A fresh folder under the system temp dir, removed on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& s) const { return path_ / s; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Builds (once per test binary run) the package for fixture x target x precision.
+std::filesystem::path built_package(const std::string& fixture_name, const std::string& target,
+                                    const std::string& precision, bool all_logits = false);
+
+struct CliResult {
+  int exit_code = 0;
+  std::string out;  // stdout + stderr
+};
+// Runs the kvrun CLI with the given arguments (shell-quoted here).
+CliResult run_cli(const std::vector<std::string>& args);
+
+}  // namespace kvrun::test
