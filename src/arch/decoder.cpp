@@ -18,14 +18,17 @@ KvNames kv_names(Target t) {
   return {"past_key_%d", "past_value_%d", "present_key_%d", "present_value_%d"};
 }
 
+std::string kv_name(const std::string& pattern, int64_t layer) {
+  const auto p = pattern.find("%d");
+  if (p == std::string::npos) throw Error("KV name pattern '" + pattern + "' has no %d");
+  return pattern.substr(0, p) + std::to_string(layer) + pattern.substr(p + 2);
+}
+
 namespace {
 
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 
-std::string fmt(const std::string& pattern, int64_t i) {
-  const auto p = pattern.find("%d");
-  return pattern.substr(0, p) + std::to_string(i) + pattern.substr(p + 2);
-}
+std::string fmt(const std::string& pattern, int64_t i) { return kv_name(pattern, i); }
 
 std::string layer_scope(int64_t l) { return "/model/layers." + std::to_string(l); }
 

@@ -38,6 +38,8 @@ struct KvNames {
   std::string past_key, past_value, present_key, present_value;
 };
 KvNames kv_names(Target t);
+// Expands a KvNames pattern ("present.%d.key") for one layer.
+std::string kv_name(const std::string& pattern, int64_t layer);
 
 // Writes the decoder graph(s) into `dir`. `embed_entry` (the embedding table's bytes
 // inside embedding.safetensors) is reused as the lm_head when embeddings are tied.

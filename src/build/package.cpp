@@ -1,5 +1,7 @@
 // kvrun build: checkpoint -> package folder (graphs, embedding table, manifest, tokenizer).
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "arch/decoder.h"

@@ -7,12 +7,7 @@
 namespace kvrun::runtime {
 namespace fs = std::filesystem;
 
-namespace {
-std::string fmt(const std::string& pattern, int64_t i) {
-  const auto p = pattern.find("%d");
-  return pattern.substr(0, p) + std::to_string(i) + pattern.substr(p + 2);
-}
-}  // namespace
+using arch::kv_name;
 
 PackageModel::PackageModel(const fs::path& dir, const SessionConfig& sc) : m_(build::load_manifest(dir)) {
   embedding_ = std::make_unique<io::TensorStore>(dir / m_.embedding_file);
@@ -72,15 +67,15 @@ std::vector<float> PackageModel::forward(State& st, const std::vector<float>& em
   values.push_back(mask.view());
   if (use_past)
     for (int64_t l = 0; l < m_.num_layers; ++l) {
-      names.push_back(fmt(m_.kv.past_key, l));
+      names.push_back(kv_name(m_.kv.past_key, l));
       values.push_back(st.keys[static_cast<size_t>(l)].view());
-      names.push_back(fmt(m_.kv.past_value, l));
+      names.push_back(kv_name(m_.kv.past_value, l));
       values.push_back(st.values[static_cast<size_t>(l)].view());
     }
   std::vector<std::string> outs = {"logits"};
   for (int64_t l = 0; l < m_.num_layers; ++l) {
-    outs.push_back(fmt(m_.kv.present_key, l));
-    outs.push_back(fmt(m_.kv.present_value, l));
+    outs.push_back(kv_name(m_.kv.present_key, l));
+    outs.push_back(kv_name(m_.kv.present_value, l));
   }
   std::vector<Ort::Value> r = s.run(names, values, outs);
   std::vector<float> logits = to_f32(r[0]);
