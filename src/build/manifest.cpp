@@ -32,7 +32,9 @@ json make_manifest(const ManifestInputs& in) {
         {"graph", "embedding.onnx"}}},
       {"graphs", graphs},
       {"inputs_embeds", {{"name", "inputs_embeds"}, {"dtype", io::dtype_to_safetensors(in.dtype)}}},
-      {"attention_mask", {{"name", "attention_mask"}, {"dtype", "I64"}, {"padding", "left"}}},
+      // GroupQueryAttention reads per-row lengths (right padding); the portable graphs
+      // derive positions from cumsum(mask) (left padding).
+      {"attention_mask", {{"name", "attention_mask"}, {"dtype", "I64"}, {"padding", ort ? "right" : "left"}}},
       {"logits", {{"name", "logits"}, {"dtype", "F32"}, {"last_position_only", !in.all_logits}}},
       {"kv_cache",
        {{"layers", c.num_layers},
