@@ -28,8 +28,6 @@ namespace {
 
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 
-std::string fmt(const std::string& pattern, int64_t i) { return kv_name(pattern, i); }
-
 std::string layer_scope(int64_t l) { return "/model/layers." + std::to_string(l); }
 
 // Shared state for emitting one decoder graph.
@@ -54,14 +52,14 @@ struct DecoderEmitter {
   void past_inputs(const KvNames& kv) {
     for (int64_t l = 0; l < c.num_layers; ++l)
       for (const auto& pat : {kv.past_key, kv.past_value})
-        n.g.input(fmt(pat, l), n.dt,
+        n.g.input(kv_name(pat, l), n.dt,
                   {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{"past_sequence_length"}, Dim{c.head_dim}});
   }
 
   void present_outputs(const KvNames& kv, const std::string& seq_dim) {
     for (int64_t l = 0; l < c.num_layers; ++l)
       for (const auto& pat : {kv.present_key, kv.present_value})
-        n.g.output(fmt(pat, l), n.dt, {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{seq_dim}, Dim{c.head_dim}});
+        n.g.output(kv_name(pat, l), n.dt, {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{seq_dim}, Dim{c.head_dim}});
   }
 
   std::string input_norm(int64_t l, const std::string& x) {
@@ -194,10 +192,10 @@ struct DecoderEmitter {
       } else {
         in = {qkv, "", ""};  // packed QKV
       }
-      in.insert(in.end(), {fmt(kv.past_key, l), fmt(kv.past_value, l), seqlens, total, cos, sin});
+      in.insert(in.end(), {kv_name(kv.past_key, l), kv_name(kv.past_value, l), seqlens, total, cos, sin});
       const std::string gqa = scope + "/GroupQueryAttention";
       const auto outs = g.node(
-          "GroupQueryAttention", gqa, in, {gqa + "/output_0", fmt(kv.present_key, l), fmt(kv.present_value, l)},
+          "GroupQueryAttention", gqa, in, {gqa + "/output_0", kv_name(kv.present_key, l), kv_name(kv.present_value, l)},
           {{"num_heads", c.num_heads}, {"kv_num_heads", c.num_kv_heads}, {"do_rotary", 1}, {"rotary_interleaved", 0}},
           "com.microsoft");
       const std::string o = o_proj(l, outs[0]);
@@ -286,10 +284,10 @@ struct DecoderEmitter {
       q = rope(s + "/q_rotary", bnsh(s + "/q", q));
       k = rope(s + "/k_rotary", bnsh(s + "/k", k));
       const std::string v = bnsh(s + "/v", g.op("Reshape", s + "/v/Reshape", {parts[2], k_heads}));
-      const std::string pk = fmt(kv.present_key, l), pv = fmt(kv.present_value, l);
+      const std::string pk = kv_name(kv.present_key, l), pv = kv_name(kv.present_value, l);
       if (has_past) {
-        g.node("Concat", s + "/ConcatPastKey", {fmt(kv.past_key, l), k}, {pk}, {{"axis", 2}});
-        g.node("Concat", s + "/ConcatPastValue", {fmt(kv.past_value, l), v}, {pv}, {{"axis", 2}});
+        g.node("Concat", s + "/ConcatPastKey", {kv_name(kv.past_key, l), k}, {pk}, {{"axis", 2}});
+        g.node("Concat", s + "/ConcatPastValue", {kv_name(kv.past_value, l), v}, {pv}, {{"axis", 2}});
       } else {
         g.node("Identity", s + "/PresentKey", {k}, {pk});
         g.node("Identity", s + "/PresentValue", {v}, {pv});
