@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "commands.h"
 #include "io/progress.h"
 #include "kvrun/build.h"
 #include "kvrun/verify.h"
@@ -112,6 +113,9 @@ int main(int argc, char** argv) {
   verify->add_option("--threads", vo.threads, "ONNX Runtime intra-op threads (0: one per core)");
   verify->add_flag("--json", verify_json, "Print the report as JSON");
 
+  // Subcommands defined in their own files (see commands.h).
+  std::vector<kvrun::cli::Command> commands;
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -139,6 +143,8 @@ int main(int argc, char** argv) {
       std::fputs(verify_json ? (r.to_json() + "\n").c_str() : r.to_text().c_str(), stdout);
       return r.passed ? 0 : 1;
     }
+    for (auto& c : commands)
+      if (*c.app) return c.run();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kvrun: error: %s\n", e.what());
     return 2;

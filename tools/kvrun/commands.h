@@ -1,0 +1,15 @@
+// Subcommands living in their own files. Each adds its flags to the app and
+// returns the action main() runs when that subcommand was chosen. Actions throw
+// on error (main prints `kvrun: error: ...` and exits 2) or return an exit code.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace kvrun::cli {
+
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+}  // namespace kvrun::cli
