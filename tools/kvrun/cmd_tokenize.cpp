@@ -1,0 +1,85 @@
+// kvrun tokenize: text -> token ids with a model's tokenizer.
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "kvrun/tokenizer.h"
+
+namespace kvrun::cli {
+namespace {
+
+struct TokenizeOptions {
+  std::string path, text, file;
+  bool ids_only = false, add_special = false;
+};
+
+void print_line(const std::string& s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fputc('\n', stdout);
+}
+
+int run_tokenize(const TokenizeOptions& o) {
+  const auto tok = Tokenizer::load(o.path);
+  if (!o.file.empty()) {
+    std::ifstream in(o.file, std::ios::binary);
+    if (!in) throw Error(o.file + ": cannot open");
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.empty()) continue;
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception&) {
+        j = nullptr;
+      }
+      if (!j.is_string())
+        throw Error(o.file + ":" + std::to_string(n) +
+                    ": expected a JSON string per line, found: " + line.substr(0, 80));
+      print_line(nlohmann::json(tok->encode(j.get<std::string>(), o.add_special)).dump());
+    }
+    return 0;
+  }
+  const auto ids = tok->encode(o.text, o.add_special);
+  if (o.ids_only) {
+    print_line(nlohmann::json(ids).dump());
+    return 0;
+  }
+  nlohmann::json out = nlohmann::json::array();
+  for (TokenId id : ids) {
+    const TokenId one[] = {id};
+    out.push_back({{"id", id}, {"piece", tok->id_to_token(id)}, {"text", tok->decode(one)}});
+  }
+  print_line(out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+  return 0;
+}
+
+}  // namespace
+
+Command add_tokenize_command(CLI::App& app) {
+  auto o = std::make_shared<TokenizeOptions>();
+  auto* cmd = app.add_subcommand(
+      "tokenize",
+      "Encode text with a tokenizer (tokenizer.json or SentencePiece .model) and print the token ids as JSON");
+  cmd->add_option("path", o->path,
+                  "Model/package folder or tokenizer folder (tokenizer.json or tokenizer.model), or a tokenizer file")
+      ->required();
+  auto* text = cmd->add_option("--text", o->text, "Text to encode (UTF-8)");
+  auto* file =
+      cmd->add_option("--file", o->file, "File with one JSON string per line; prints one JSON array of ids per line");
+  text->excludes(file);
+  file->excludes(text);
+  cmd->add_flag("--ids", o->ids_only,
+                "Print only the JSON array of ids (default: one object per token: id, piece, text)");
+  cmd->add_flag("--add-special-tokens", o->add_special,
+                "Apply the tokenizer's post-processor (e.g. prepend <|begin_of_text|> / bos)");
+  cmd->callback([cmd, text, file] {
+    if (text->count() == 0 && file->count() == 0) throw CLI::RequiredError("--text or --file");
+    (void)cmd;
+  });
+  return {cmd, [o] { return run_tokenize(*o); }};
+}
+
+}  // namespace kvrun::cli
