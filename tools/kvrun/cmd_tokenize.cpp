@@ -47,12 +47,14 @@ int run_tokenize(const TokenizeOptions& o) {
     print_line(nlohmann::json(ids).dump());
     return 0;
   }
-  nlohmann::json out = nlohmann::json::array();
-  for (TokenId id : ids) {
-    const TokenId one[] = {id};
-    out.push_back({{"id", id}, {"piece", tok->id_to_token(id)}, {"text", tok->decode(one)}});
+  // One token object per line.
+  std::string out = "[";
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const TokenId one[] = {ids[i]};
+    const nlohmann::json t = {{"id", ids[i]}, {"piece", tok->id_to_token(ids[i])}, {"text", tok->decode(one)}};
+    out += (i ? ",\n  " : "\n  ") + t.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
-  print_line(out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+  print_line(out + (ids.empty() ? "]" : "\n]"));
   return 0;
 }
 
