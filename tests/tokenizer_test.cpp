@@ -5,10 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "test_util.h"
 #include "text/utf8.h"
@@ -148,6 +150,21 @@ TEST(TokSpecial, SentencePiece) {
   EXPECT_EQ(tok.decode(ids, true), "Hello world");
   EXPECT_EQ(tok.token_to_id(tok.id_to_token(ids[1])), ids[1]);
   EXPECT_FALSE(tok.token_to_id("no such piece here"));
+}
+
+// const methods may run from several threads at once (the BPE word cache is shared).
+TEST(TokThreads, ConcurrentEncodeMatchesGoldens) {
+  const Tokenizer& tok = cached(real_tokenizer("qwen3"));
+  const auto goldens = read_goldens("qwen3");
+  std::vector<std::thread> threads;
+  std::atomic<size_t> bad{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < goldens.size(); i += 2)
+        if (tok.encode(goldens[i].text, goldens[i].add_special) != goldens[i].ids) ++bad;
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0u);
 }
 
 // Streaming: concatenated put()s equal decode(), and no chunk is broken UTF-8.

@@ -3,6 +3,8 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "commands.h"
 #include "kvrun/tokenizer.h"
@@ -20,28 +22,36 @@ void print_line(const std::string& s) {
   std::fputc('\n', stdout);
 }
 
-int run_tokenize(const TokenizeOptions& o) {
-  const auto tok = Tokenizer::load(o.path);
-  if (!o.file.empty()) {
-    std::ifstream in(o.file, std::ios::binary);
-    if (!in) throw Error(o.file + ": cannot open");
-    std::string line;
-    for (int n = 1; std::getline(in, line); ++n) {
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (line.empty()) continue;
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception&) {
-        j = nullptr;
-      }
-      if (!j.is_string())
-        throw Error(o.file + ":" + std::to_string(n) +
-                    ": expected a JSON string per line, found: " + line.substr(0, 80));
-      print_line(nlohmann::json(tok->encode(j.get<std::string>(), o.add_special)).dump());
+// The lines of a --file input, each a JSON string.
+std::vector<std::string> read_text_lines(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(file + ": cannot open");
+  std::vector<std::string> texts;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      j = nullptr;
     }
+    if (!j.is_string())
+      throw Error(file + ":" + std::to_string(n) + ": expected a JSON string per line, found: " + line.substr(0, 80));
+    texts.push_back(j.get<std::string>());
+  }
+  return texts;
+}
+
+int run_tokenize(const TokenizeOptions& o) {
+  if (!o.file.empty()) {
+    const auto texts = read_text_lines(o.file);
+    const auto tok = Tokenizer::load(o.path);
+    for (const auto& t : texts) print_line(nlohmann::json(tok->encode(t, o.add_special)).dump());
     return 0;
   }
+  const auto tok = Tokenizer::load(o.path);
   const auto ids = tok->encode(o.text, o.add_special);
   if (o.ids_only) {
     print_line(nlohmann::json(ids).dump());
@@ -77,9 +87,8 @@ Command add_tokenize_command(CLI::App& app) {
                 "Print only the JSON array of ids (default: one object per token: id, piece, text)");
   cmd->add_flag("--add-special-tokens", o->add_special,
                 "Apply the tokenizer's post-processor (e.g. prepend <|begin_of_text|> / bos)");
-  cmd->callback([cmd, text, file] {
+  cmd->callback([text, file] {
     if (text->count() == 0 && file->count() == 0) throw CLI::RequiredError("--text or --file");
-    (void)cmd;
   });
   return {cmd, [o] { return run_tokenize(*o); }};
 }
