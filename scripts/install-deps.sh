@@ -24,7 +24,7 @@ STAMP="$ORT_DIR/.installed-$ORT_NPM_VERSION-$ORT_DEB_VERSION"
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config clang-format
   libonnx-dev libprotobuf-dev protobuf-compiler
-  libpcre2-dev libsentencepiece-dev nlohmann-json3-dev libcli11-dev
+  libpcre2-dev libsentencepiece-dev libutf8proc-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev
   libsndfile1-dev libsoxr-dev
 )

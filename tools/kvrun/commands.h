@@ -12,4 +12,7 @@ struct Command {
   std::function<int()> run;
 };
 
+// kvrun tokenize (cmd_tokenize.cpp)
+Command add_tokenize_command(CLI::App& app);
+
 }  // namespace kvrun::cli
