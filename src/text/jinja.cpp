@@ -1659,6 +1659,8 @@ class Parser {
         n = fin(std::move(g));
       } else if (is_op("(")) {
         auto c = mk(Expr::Call, t);
+        c->line = n->line;  // errors point at the callee, e.g. raise_exception(...)
+        c->col = n->col;
         c->a.push_back(std::move(n));
         call_args(*c);
         n = fin(std::move(c));
@@ -1676,7 +1678,8 @@ class Parser {
         f->name = expect_name("a filter name after '|'");
         while (is_op(".")) {
           next();
-          f->name += "." + expect_name("a filter name");
+          f->name += '.';
+          f->name += expect_name("a filter name");
         }
         f->a.push_back(std::move(n));
         if (is_op("(")) call_args(*f);
