@@ -163,4 +163,20 @@ void to_f32(DType t, const void* src, float* dst, size_t n) {
   }
 }
 
+std::string dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "float32";
+    case DType::F16: return "float16";
+    case DType::BF16: return "bfloat16";
+    case DType::F64: return "float64";
+    case DType::I64: return "int64";
+    case DType::I32: return "int32";
+    case DType::I16: return "int16";
+    case DType::I8: return "int8";
+    case DType::U8: return "uint8";
+    case DType::BOOL: return "bool";
+  }
+  return "unknown";
+}
+
 }  // namespace kvrun::io

@@ -13,6 +13,8 @@ size_t dtype_size(DType t);
 // Safetensors spelling ("F32", "BF16", ...). Throws kvrun::Error for unknown names.
 DType dtype_from_safetensors(std::string_view s);
 std::string_view dtype_to_safetensors(DType t);
+// Lower-case NumPy-style name for messages ("float32", "int64", "bool").
+std::string dtype_name(DType t);
 
 // Scalar conversions (round-to-nearest-even for the narrowing ones).
 float f16_to_f32(uint16_t h);

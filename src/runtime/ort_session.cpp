@@ -129,6 +129,16 @@ std::vector<Ort::Value> Session::run(const std::vector<std::string>& input_names
   }
 }
 
+void Session::run_into(const std::vector<const char*>& input_names, const std::vector<Ort::Value>& input_values,
+                       const std::vector<const char*>& output_names, std::vector<Ort::Value>& outputs) {
+  try {
+    session_.Run(Ort::RunOptions{nullptr}, input_names.data(), input_values.data(), input_names.size(),
+                 output_names.data(), outputs.data(), output_names.size());
+  } catch (const Ort::Exception& e) {
+    throw Error(path_.string() + ": run failed: " + e.what());
+  }
+}
+
 HostTensor HostTensor::zeros(io::DType t, std::vector<int64_t> shape) {
   HostTensor h;
   h.dtype = t;

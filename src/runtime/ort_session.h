@@ -39,6 +39,10 @@ class Session {
   // Runs with named inputs; fetches the named outputs (all outputs when empty).
   std::vector<Ort::Value> run(const std::vector<std::string>& input_names, std::vector<Ort::Value>& input_values,
                               const std::vector<std::string>& output_names = {});
+  // Runs into `outputs` (one per output name): a value given is written in place
+  // (e.g. a preallocated KV buffer); an empty Ort::Value{nullptr} is allocated by ORT.
+  void run_into(const std::vector<const char*>& input_names, const std::vector<Ort::Value>& input_values,
+                const std::vector<const char*>& output_names, std::vector<Ort::Value>& outputs);
 
  private:
   std::filesystem::path path_;

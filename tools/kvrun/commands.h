@@ -14,5 +14,7 @@ struct Command {
 
 // kvrun tokenize (cmd_tokenize.cpp)
 Command add_tokenize_command(CLI::App& app);
+Command add_run_command(CLI::App& app);
+Command add_chat_command(CLI::App& app);
 
 }  // namespace kvrun::cli

@@ -116,6 +116,8 @@ int main(int argc, char** argv) {
   // Subcommands defined in their own files (see commands.h).
   std::vector<kvrun::cli::Command> commands;
   commands.push_back(kvrun::cli::add_tokenize_command(app));
+  commands.push_back(kvrun::cli::add_run_command(app));
+  commands.push_back(kvrun::cli::add_chat_command(app));
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,341 @@
+// The generation runtime against Hugging Face goldens: kvrun packages of both
+// targets and third-party layouts (optimum merged/plain, GenAI, split), batching,
+// chunked prefill, embedding injection, multi-turn cache reuse, sampling, and
+// the signature errors.
+#include "kvrun/runtime.h"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "io/fs.h"
+#include "io/safetensors.h"
+#include "kvrun/error.h"
+#include "test_util.h"
+
+namespace kvrun {
+namespace {
+
+using test::built_package;
+using test::fixture;
+
+struct Golden {
+  std::vector<std::vector<TokenId>> prompts, greedy;
+};
+
+Golden golden(const std::string& name) {
+  const auto j = io::read_json_file(fixture(name) / "golden.json");
+  Golden g;
+  for (const auto& p : j["prompts"]) g.prompts.push_back(p.get<std::vector<TokenId>>());
+  for (const auto& p : j["greedy"]) g.greedy.push_back(p.get<std::vector<TokenId>>());
+  return g;
+}
+
+GenerationOptions greedy_opts(int64_t n = 32) {
+  GenerationOptions o;
+  o.max_new_tokens = n;
+  o.stop_at_eos = false;  // the goldens were made with EOS disabled
+  return o;
+}
+
+void expect_goldens(Model& m, const Golden& g, const GenerationOptions& o, const std::string& what) {
+  for (size_t k = 0; k < g.prompts.size(); ++k) {
+    const GenerationResult r = m.generate(Prompt().ids(g.prompts[k]), o);
+    const auto n = std::min<size_t>(g.greedy[k].size(), static_cast<size_t>(o.max_new_tokens));
+    EXPECT_EQ(r.tokens, std::vector<TokenId>(g.greedy[k].begin(), g.greedy[k].begin() + static_cast<int64_t>(n)))
+        << what << ", prompt " << k;
+    EXPECT_EQ(r.finish_reason, "length");
+  }
+}
+
+// ---- kvrun packages, both targets: single prompts, one batch, chunked prefill
+
+class RuntimePackage : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(RuntimePackage, GreedyMatchesHuggingFace) {
+  const auto& [fx, target] = GetParam();
+  auto m = Model::load(built_package(fx, target, "fp32"));
+  EXPECT_EQ(m->info().layout, "kvrun-" + target);
+  EXPECT_EQ(m->info().shared_kv_buffer, target == "ort");
+  expect_goldens(*m, golden(fx), greedy_opts(), fx + "/" + target);
+}
+
+TEST_P(RuntimePackage, BatchOfPromptsOfDifferentLengths) {
+  const auto& [fx, target] = GetParam();
+  auto m = Model::load(built_package(fx, target, "fp32"));
+  const Golden g = golden(fx);
+  std::vector<Prompt> ps;
+  for (const auto& p : g.prompts) ps.push_back(Prompt().ids(p));
+  const auto rs = m->generate(ps, greedy_opts());
+  ASSERT_EQ(rs.size(), g.prompts.size());
+  for (size_t k = 0; k < rs.size(); ++k) EXPECT_EQ(rs[k].tokens, g.greedy[k]) << "row " << k;
+}
+
+TEST_P(RuntimePackage, ChunkedPrefill) {
+  const auto& [fx, target] = GetParam();
+  auto m = Model::load(built_package(fx, target, "fp32"));
+  GenerationOptions o = greedy_opts();
+  o.prefill_chunk = 3;
+  expect_goldens(*m, golden(fx), o, fx + "/" + target + " chunk 3");
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, RuntimePackage,
+                         ::testing::Combine(::testing::Values("qwen3-tiny", "qwen2-tiny", "llama-tiny"),
+                                            ::testing::Values("ort", "portable")),
+                         [](const auto& info) {
+                           std::string s = std::get<0>(info.param) + "_" + std::get<1>(info.param);
+                           for (auto& c : s)
+                             if (c == '-') c = '_';
+                           return s;
+                         });
+
+// ---- third-party layouts (tests/fixtures/layouts, made by tools/make_layout_fixtures.py)
+
+class RuntimeLayout : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RuntimeLayout, GreedyMatchesHuggingFace) {
+  auto m = Model::load(fixture("layouts") / GetParam());
+  expect_goldens(*m, golden("qwen3-tiny"), greedy_opts(), GetParam());
+}
+
+TEST_P(RuntimeLayout, Batch) {
+  auto m = Model::load(fixture("layouts") / GetParam());
+  const Golden g = golden("qwen3-tiny");
+  std::vector<Prompt> ps;
+  for (const auto& p : g.prompts) ps.push_back(Prompt().ids(p));
+  const auto rs = m->generate(ps, greedy_opts());
+  for (size_t k = 0; k < rs.size(); ++k) EXPECT_EQ(rs[k].tokens, g.greedy[k]) << GetParam() << " row " << k;
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, RuntimeLayout, ::testing::Values("optimum-merged", "optimum-plain", "split", "genai"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (auto& c : s)
+                             if (c == '-') c = '_';
+                           return s;
+                         });
+
+TEST(RuntimeLayoutInfo, DetectsEachConvention) {
+  auto merged = Model::load(fixture("layouts") / "optimum-merged");
+  EXPECT_EQ(merged->info().layout, "optimum-merged");
+  EXPECT_FALSE(merged->info().takes_embeddings);
+  EXPECT_EQ(merged->info().kv_seq_axis, 2);
+  auto split = Model::load(fixture("layouts") / "split");
+  EXPECT_EQ(split->info().layout, "split");
+  EXPECT_TRUE(split->info().takes_embeddings);
+  EXPECT_EQ(split->info().kv_seq_axis, 1);  // [batch, seq, kv_heads, head_dim]
+  EXPECT_EQ(split->info().num_kv_heads, 2);
+  EXPECT_EQ(split->info().graphs, (std::vector<std::string>{"embedding.onnx", "llm_prefill.onnx", "llm_decode.onnx"}));
+  auto genai = Model::load(fixture("layouts") / "genai");
+  EXPECT_EQ(genai->info().layout, "genai");
+  EXPECT_TRUE(genai->info().shared_kv_buffer);
+  EXPECT_EQ(genai->info().num_layers, 2);
+}
+
+TEST(RuntimeLayoutInfo, SingleOnnxFile) {
+  auto m = Model::load(fixture("layouts") / "optimum-plain" / "model.onnx");
+  EXPECT_EQ(m->info().layout, "onnx");
+  expect_goldens(*m, golden("qwen3-tiny"), greedy_opts(8), "model.onnx");
+}
+
+// ---- signature errors: side-by-side table naming what is missing or unexpected
+
+std::string load_error(const std::filesystem::path& p) {
+  try {
+    Model::load(p);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(RuntimeErrors, UnexpectedInputIsNamedSideBySide) {
+  const std::string e = load_error(fixture("layouts") / "broken-extra-input");
+  EXPECT_NE(e.find("does not match the decoder signature"), std::string::npos) << e;
+  EXPECT_NE(e.find("expected"), std::string::npos) << e;
+  EXPECT_NE(e.find("found"), std::string::npos) << e;
+  EXPECT_NE(e.find("(not expected)"), std::string::npos) << e;
+  EXPECT_NE(e.find("unexpected input 'speaker_embedding' float32 [1, 192]"), std::string::npos) << e;
+  // the rest of the signature is listed too
+  EXPECT_NE(e.find("past_key_values.1.value"), std::string::npos) << e;
+}
+
+TEST(RuntimeErrors, MissingPresentIsNamed) {
+  const std::string e = load_error(fixture("layouts") / "broken-missing-present");
+  EXPECT_NE(e.find("missing output 'present.1.value' (layer 1 of 2)"), std::string::npos) << e;
+  EXPECT_NE(e.find("present.1.value  float [batch, kv_heads, total, head_dim]"), std::string::npos) << e;
+  EXPECT_NE(e.find("(missing)"), std::string::npos) << e;
+}
+
+TEST(RuntimeErrors, NoModelInFolder) {
+  test::TempDir d;
+  const std::string e = load_error(d.path());
+  EXPECT_NE(e.find("no model found"), std::string::npos) << e;
+  EXPECT_NE(load_error(d / "nope").find("no such file or folder"), std::string::npos);
+}
+
+TEST(RuntimeErrors, BadPromptsAndOptions) {
+  auto m = Model::load(fixture("layouts") / "optimum-plain");
+  GenerationOptions o = greedy_opts(4);
+  EXPECT_THROW(m->generate(Prompt().ids({600}), o), Error);                                  // outside vocab 512
+  EXPECT_THROW(m->generate(Prompt(), o), Error);                                             // empty
+  EXPECT_THROW(m->generate(Prompt().embeddings(std::vector<float>(64, 0.f), 1), o), Error);  // input_ids graph
+  EXPECT_THROW(m->generate(Prompt().text("hello"), o), Error);                               // no tokenizer
+  GenerationOptions bad = o;
+  bad.sampling.top_p = 0.f;
+  EXPECT_THROW(m->generate(Prompt().ids({1}), bad), Error);
+  bad = o;
+  bad.max_length = 3;
+  EXPECT_THROW(m->generate(Prompt().ids({1, 2, 3, 4}), bad), Error);  // prompt longer than max length
+}
+
+// ---- embeddings injection: embedding rows equal to the table give the same tokens as ids
+
+TEST(RuntimeEmbeddings, InjectedRowsBehaveLikeTheirTokens) {
+  for (const std::string target : {"ort", "portable"}) {
+    const auto pkg = built_package("qwen3-tiny", target, "fp32");
+    auto m = Model::load(pkg);
+    const Golden g = golden("qwen3-tiny");
+    const auto& ids = g.prompts[2];
+    // rows for ids[3..7) taken from the package's own embedding table through a 1-token model call
+    io::TensorStore table(pkg / "embedding.safetensors");
+    const auto& t = table.get(table.names().at(0));
+    std::vector<float> rows;
+    for (size_t i = 3; i < 7; ++i) {
+      const auto* p = reinterpret_cast<const float*>(t.data) + static_cast<size_t>(ids[i]) * 64;
+      rows.insert(rows.end(), p, p + 64);
+    }
+    Prompt p;
+    p.ids({ids.begin(), ids.begin() + 3}).embeddings(rows, 4).ids({ids.begin() + 7, ids.end()});
+    EXPECT_EQ(m->prompt_ids(p)[4], -1);
+    EXPECT_EQ(m->generate(p, greedy_opts()).tokens, g.greedy[2]) << target;
+  }
+}
+
+// ---- multi-turn: the cache keeps the common prefix
+
+TEST(RuntimeSequence, ReusesCommonPrefixAndGrows) {
+  for (const std::string target : {"ort", "portable"}) {
+    auto m = Model::load(built_package("qwen3-tiny", target, "fp32"));
+    const Golden g = golden("qwen3-tiny");
+    auto seq = m->new_sequence();
+    const auto& p = g.prompts[2];
+    GenerationResult r1 = seq->generate(Prompt().ids(p), greedy_opts(10));
+    EXPECT_EQ(r1.tokens, std::vector<TokenId>(g.greedy[2].begin(), g.greedy[2].begin() + 10));
+    // Turn 2: the context continues with the reply; generation goes on from the golden path.
+    std::vector<TokenId> ctx = p;
+    ctx.insert(ctx.end(), g.greedy[2].begin(), g.greedy[2].begin() + 12);
+    GenerationResult r2 = seq->generate(Prompt().ids(ctx), greedy_opts(20));
+    EXPECT_EQ(r2.stats.reused_tokens, static_cast<int64_t>(p.size()) + 9) << target;
+    EXPECT_EQ(r2.tokens, std::vector<TokenId>(g.greedy[2].begin() + 12, g.greedy[2].end())) << target;
+    // Turn 3: a different history shares only the prompt's first tokens.
+    std::vector<TokenId> other(p.begin(), p.begin() + 5);
+    GenerationResult r3 = seq->generate(Prompt().ids(other), greedy_opts(4));
+    EXPECT_EQ(r3.stats.reused_tokens, 4);
+    EXPECT_EQ(r3.tokens, m->generate(Prompt().ids(other), greedy_opts(4)).tokens);
+  }
+}
+
+// ---- sampling and stopping
+
+TEST(RuntimeSampling, SameSeedSameTokensOtherSeedOtherTokens) {
+  auto m = Model::load(built_package("qwen3-tiny", "ort", "fp32"));
+  GenerationOptions o = greedy_opts(24);
+  o.sampling.temperature = 1.5f;
+  o.sampling.top_p = 0.95f;
+  o.sampling.seed = 7;
+  const Prompt p = Prompt().ids({303});
+  const auto a = m->generate(p, o).tokens, b = m->generate(p, o).tokens;
+  EXPECT_EQ(a, b);
+  o.sampling.seed = 8;
+  EXPECT_NE(m->generate(p, o).tokens, a);
+  // top_k = 1 is greedy whatever the temperature
+  o.sampling.top_k = 1;
+  const Golden g = golden("qwen3-tiny");
+  EXPECT_EQ(m->generate(p, o).tokens, std::vector<TokenId>(g.greedy[0].begin(), g.greedy[0].begin() + 24));
+}
+
+TEST(RuntimeSampling, StopIdsEosAndStreaming) {
+  auto m = Model::load(built_package("qwen3-tiny", "ort", "fp32"));
+  const Golden g = golden("qwen3-tiny");
+  GenerationOptions o = greedy_opts(32);
+  o.stop_ids = {g.greedy[0][5]};
+  std::vector<TokenId> streamed;
+  const auto r = m->generate(Prompt().ids(g.prompts[0]), o, [&](size_t row, TokenId t, const std::string&) {
+    EXPECT_EQ(row, 0u);
+    if (t >= 0) streamed.push_back(t);
+    return true;
+  });
+  const auto first = std::find(g.greedy[0].begin(), g.greedy[0].end(), g.greedy[0][5]);
+  EXPECT_EQ(r.tokens, std::vector<TokenId>(g.greedy[0].begin(), first));
+  EXPECT_EQ(r.finish_reason, "stop");
+  EXPECT_EQ(streamed, r.tokens);
+  // a callback returning false stops after that token
+  const auto r2 = m->generate(Prompt().ids(g.prompts[0]), greedy_opts(32),
+                              [&](size_t, TokenId, const std::string&) { return false; });
+  EXPECT_EQ(r2.tokens.size(), 1u);
+  EXPECT_EQ(r2.finish_reason, "callback");
+  // EOS from generation_config (id 2) stops unless disabled; repetition penalty changes the path
+  GenerationOptions pen = greedy_opts(32);
+  pen.sampling.repetition_penalty = 1.3f;
+  const auto r3 = m->generate(Prompt().ids(g.prompts[0]), pen);
+  EXPECT_NE(r3.tokens, g.greedy[0]);
+  EXPECT_EQ(m->info().eos_ids, std::vector<TokenId>{2});
+}
+
+}  // namespace
+}  // namespace kvrun
+
+namespace kvrun {
+namespace {
+
+// ---- the CLI: kvrun run reproduces the goldens on both targets and a third-party layout
+
+std::string ids_csv(const std::vector<TokenId>& ids) {
+  std::string s;
+  for (auto i : ids) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(i);
+  }
+  return s;
+}
+
+TEST(RuntimeCli, RunReproducesGoldens) {
+  const Golden g = golden("qwen3-tiny");
+  std::vector<std::string> models = {built_package("qwen3-tiny", "ort", "fp32").string(),
+                                     built_package("qwen3-tiny", "portable", "fp32").string(),
+                                     (fixture("layouts") / "optimum-merged").string()};
+  for (const auto& m : models)
+    for (size_t k = 0; k < g.prompts.size(); ++k) {
+      const auto r = test::run_cli(
+          {"run", m, "--prompt-ids", ids_csv(g.prompts[k]), "--print-ids", "--ignore-eos", "--max-new-tokens", "32"});
+      EXPECT_EQ(r.exit_code, 0) << r.out;
+      EXPECT_EQ(nlohmann::json::parse(r.out).get<std::vector<TokenId>>(), g.greedy[k]) << m << " prompt " << k;
+    }
+}
+
+TEST(RuntimeCli, JsonStatsAndErrors) {
+  const auto pkg = built_package("qwen3-tiny", "ort", "fp32").string();
+  auto r = test::run_cli({"run", pkg, "--prompt-ids", "303", "--json", "--max-new-tokens", "5", "--ignore-eos"});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["finish_reason"], "length");
+  EXPECT_EQ(j["stats"]["generated_tokens"], 5);
+  EXPECT_EQ(j["stats"]["prompt_tokens"], 1);
+
+  r = test::run_cli({"run", (fixture("layouts") / "broken-extra-input").string(), "--prompt-ids", "1"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("kvrun: error:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("speaker_embedding"), std::string::npos) << r.out;
+  r = test::run_cli({"run", pkg, "--prompt-ids", "1,x"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("found 'x'"), std::string::npos) << r.out;
+  r = test::run_cli({"run", pkg, "--prompt-ids", "1", "--top-p", "2"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.out.find("top_p must be in (0, 1]"), std::string::npos) << r.out;
+  EXPECT_EQ(test::run_cli({"run", "--help"}).exit_code, 0);
+  EXPECT_EQ(test::run_cli({"chat", "--help"}).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace kvrun
