@@ -10,7 +10,6 @@
 #include <functional>
 #include <map>
 #include <mutex>
-#include <queue>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -642,27 +641,32 @@ class BpeModel {
     const int n = static_cast<int>(sym.size());
     for (int k = 0; k < n; ++k) sym[k].next = k + 1 < n ? k + 1 : -1;
     if (n > 1) {
-      thread_local std::vector<Merge> heap_storage;
-      heap_storage.clear();
-      std::priority_queue<Merge, std::vector<Merge>, std::greater<>> heap(std::greater<>{}, std::move(heap_storage));
+      // Min-heap on (rank, position), as Word::merge_all in `tokenizers`.
+      thread_local std::vector<Merge> heap;
+      heap.clear();
+      auto push_merge = [](uint32_t rank, int pos, TokenId id) {
+        heap.push_back({rank, pos, id});
+        std::push_heap(heap.begin(), heap.end(), std::greater<>{});
+      };
       for (int k = 0; k + 1 < n; ++k)
-        if (auto m = find_merge(sym[k].id, sym[k + 1].id)) heap.push({m->first, k, m->second});
+        if (auto m = find_merge(sym[k].id, sym[k + 1].id)) push_merge(m->first, k, m->second);
       while (!heap.empty()) {
-        const Merge top = heap.top();
-        heap.pop();
+        std::pop_heap(heap.begin(), heap.end(), std::greater<>{});
+        const Merge top = heap.back();
+        heap.pop_back();
         Symbol& s = sym[top.pos];
         if (!s.alive || s.next < 0) continue;
         const int nx = s.next;
         auto m = find_merge(s.id, sym[nx].id);
-        if (!m || m->second != top.id) continue;
+        if (!m || m->second != top.id) continue;  // stale: a neighbour was merged since
         s.id = top.id;
         sym[nx].alive = false;
         s.next = sym[nx].next;
         if (s.next >= 0) sym[s.next].prev = top.pos;
         if (s.prev >= 0)
-          if (auto pm = find_merge(sym[s.prev].id, s.id)) heap.push({pm->first, s.prev, pm->second});
+          if (auto pm = find_merge(sym[s.prev].id, s.id)) push_merge(pm->first, s.prev, pm->second);
         if (s.next >= 0)
-          if (auto nm = find_merge(s.id, sym[s.next].id)) heap.push({nm->first, top.pos, nm->second});
+          if (auto nm = find_merge(s.id, sym[s.next].id)) push_merge(nm->first, top.pos, nm->second);
       }
     }
     for (int k = 0; k >= 0 && k < n; k = sym[k].next) out.push_back(sym[k].id);
