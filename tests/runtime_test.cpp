@@ -11,6 +11,7 @@
 #include "io/fs.h"
 #include "io/safetensors.h"
 #include "kvrun/error.h"
+#include "kvrun/tokenizer.h"
 #include "test_util.h"
 
 namespace kvrun {
@@ -335,6 +336,93 @@ TEST(RuntimeCli, JsonStatsAndErrors) {
   EXPECT_NE(r.out.find("top_p must be in (0, 1]"), std::string::npos) << r.out;
   EXPECT_EQ(test::run_cli({"run", "--help"}).exit_code, 0);
   EXPECT_EQ(test::run_cli({"chat", "--help"}).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace kvrun
+
+namespace kvrun {
+namespace {
+
+// ---- text: a real byte-level BPE tokenizer over the tiny model's 512 ids
+// (tests/fixtures/tiny-tokenizer, made by tools/make_tiny_tokenizer.py with HF tokenizers)
+
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
+    i += n;
+  }
+  return true;
+}
+
+struct TextModel {
+  test::TempDir dir;
+  std::unique_ptr<Model> model;
+  TextModel() {
+    std::filesystem::copy(built_package("qwen3-tiny", "ort", "fp32"), dir / "pkg",
+                          std::filesystem::copy_options::recursive);
+    std::filesystem::copy(fixture("tiny-tokenizer") / "tokenizer.json", dir / "pkg" / "tokenizer.json");
+    model = Model::load(dir / "pkg");
+  }
+};
+
+TEST(RuntimeText, PromptTextStreamingAndStopStrings) {
+  TextModel tm;
+  Model& m = *tm.model;
+  ASSERT_NE(m.tokenizer(), nullptr);
+  // ids from HF tokenizers for the same text (tools/make_tiny_tokenizer.py prints them)
+  EXPECT_EQ(m.prompt_ids(Prompt().text("Hello 你好 😀")),
+            (std::vector<TokenId>{41, 70, 77, 305, 222, 473, 336, 248, 224}));
+
+  GenerationOptions o = greedy_opts(32);
+  std::string streamed;
+  bool all_valid = true;
+  auto collect = [&](size_t, TokenId, const std::string& piece) {
+    all_valid = all_valid && valid_utf8(piece);
+    streamed += piece;
+    return true;
+  };
+  const GenerationResult r = m.generate(Prompt().text("Hello 你好 😀"), o, collect);
+  EXPECT_EQ(r.tokens.size(), 32u);
+  EXPECT_TRUE(all_valid);
+  EXPECT_EQ(streamed, r.text);
+  EXPECT_EQ(r.text, m.tokenizer()->decode(r.tokens, true));
+  EXPECT_TRUE(valid_utf8(r.text));
+
+  // A stop string from the middle of that text: the output ends right before it.
+  size_t at = r.text.size() / 3;
+  while (at < r.text.size() && (static_cast<unsigned char>(r.text[at]) >> 6) == 2) ++at;
+  ASSERT_LT(at + 4, r.text.size());
+  const std::string stop = r.text.substr(at, 4);
+  o.stop_strings = {stop};
+  streamed.clear();
+  const GenerationResult r2 = m.generate(Prompt().text("Hello 你好 😀"), o, collect);
+  EXPECT_EQ(r2.finish_reason, "stop");
+  EXPECT_EQ(r2.text, r.text.substr(0, r.text.find(stop)));
+  EXPECT_EQ(streamed, r2.text);
+  EXPECT_LT(r2.tokens.size(), r.tokens.size());
+}
+
+TEST(RuntimeText, ChatTemplateFallbackAndCli) {
+  TextModel tm;
+  // The tiny package ships no chat template: ChatML is the fallback and `run` uses raw text.
+  EXPECT_FALSE(tm.model->info().chat_template);
+  const auto r = test::run_cli({"run", (tm.dir / "pkg").string(), "--prompt", "Hello 你好 😀", "--json",
+                                "--max-new-tokens", "8", "--ignore-eos"});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["stats"]["prompt_tokens"], 9);
+  EXPECT_EQ(j["tokens"].size(), 8u);
+  // chat keeps the cache between turns: the second turn reuses the first turn's positions
+  const auto c =
+      test::run_cli({"chat", (tm.dir / "pkg").string(), "--max-new-tokens", "4", "--stats"}, "hello\nagain\n/exit\n");
+  ASSERT_EQ(c.exit_code, 0) << c.out;
+  EXPECT_NE(c.out.find("(0 reused from cache)"), std::string::npos) << c.out;
+  EXPECT_EQ(c.out.find("(0 reused from cache)"), c.out.rfind("(0 reused from cache)")) << c.out;
 }
 
 }  // namespace

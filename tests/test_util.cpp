@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <memory>
 
@@ -40,7 +41,7 @@ fs::path built_package(const std::string& fixture_name, const std::string& targe
   return o.out;
 }
 
-CliResult run_cli(const std::vector<std::string>& args) {
+CliResult run_cli(const std::vector<std::string>& args, const std::string& stdin_text) {
   std::string cmd = std::string("'") + KVRUN_CLI + "'";
   for (const auto& a : args) {
     std::string q = "'";
@@ -48,6 +49,12 @@ CliResult run_cli(const std::vector<std::string>& args) {
     cmd += " " + q + "'";
   }
   cmd += " 2>&1";
+  std::unique_ptr<TempDir> in_dir;
+  if (!stdin_text.empty()) {
+    in_dir = std::make_unique<TempDir>();
+    std::ofstream((*in_dir / "stdin.txt"), std::ios::binary) << stdin_text;
+    cmd += " < '" + (*in_dir / "stdin.txt").string() + "'";
+  }
   CliResult r;
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return {-1, "popen failed"};

@@ -34,6 +34,7 @@ struct CliResult {
   std::string out;  // stdout + stderr
 };
 // Runs the kvrun CLI with the given arguments (shell-quoted here).
-CliResult run_cli(const std::vector<std::string>& args);
+// `stdin_text`, when given, is what the command reads on stdin.
+CliResult run_cli(const std::vector<std::string>& args, const std::string& stdin_text = "");
 
 }  // namespace kvrun::test
