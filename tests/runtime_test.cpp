@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "io/fs.h"
 #include "io/safetensors.h"
@@ -423,6 +424,91 @@ TEST(RuntimeText, ChatTemplateFallbackAndCli) {
   ASSERT_EQ(c.exit_code, 0) << c.out;
   EXPECT_NE(c.out.find("(0 reused from cache)"), std::string::npos) << c.out;
   EXPECT_EQ(c.out.find("(0 reused from cache)"), c.out.rfind("(0 reused from cache)")) << c.out;
+}
+
+}  // namespace
+}  // namespace kvrun
+
+#include <onnx/onnx_pb.h>
+
+#include <fstream>
+
+#include "runtime/sampler.h"
+
+namespace kvrun {
+namespace {
+
+// ---- KV sequence axis: when the graph's dims do not tell, two tiny prefills do
+
+TEST(RuntimeProbe, AmbiguousKvAxisIsProbed) {
+  test::TempDir d;
+  onnx::ModelProto mp;
+  {
+    std::ifstream in(fixture("layouts") / "optimum-plain" / "model.onnx", std::ios::binary);
+    ASSERT_TRUE(mp.ParseFromIstream(&in));
+  }
+  // Make heads and sequence both symbolic with uninformative names.
+  auto blur = [](onnx::ValueInfoProto& v) {
+    if (v.name().find("key") == std::string::npos && v.name().find("value") == std::string::npos) return;
+    auto* shape = v.mutable_type()->mutable_tensor_type()->mutable_shape();
+    shape->mutable_dim(1)->set_dim_param("a");
+    shape->mutable_dim(2)->set_dim_param(v.name().rfind("past", 0) == 0 ? "b" : "c");
+  };
+  for (auto& v : *mp.mutable_graph()->mutable_input()) blur(v);
+  for (auto& v : *mp.mutable_graph()->mutable_output()) blur(v);
+  {
+    std::ofstream out(d / "model.onnx", std::ios::binary);
+    ASSERT_TRUE(mp.SerializeToOstream(&out));
+  }
+  std::filesystem::copy(fixture("layouts") / "optimum-plain" / "generation_config.json", d / "generation_config.json");
+  auto m = Model::load(d.path());
+  EXPECT_EQ(m->info().kv_seq_axis, 2);
+  EXPECT_EQ(m->info().num_kv_heads, 2);
+  expect_goldens(*m, golden("qwen3-tiny"), greedy_opts(), "probed");
+}
+
+// ---- the sampler alone
+
+TEST(RuntimeSampler, FiltersAndPenalties) {
+  std::vector<float> base = {2.f, 1.9f, 0.5f, -1.f, -3.f};
+  auto draws = [&](SamplingOptions o, int n) {
+    std::set<TokenId> seen;
+    for (int i = 0; i < n; ++i) {
+      runtime::Sampler fresh(o, static_cast<uint64_t>(i));
+      std::vector<float> l = base;
+      seen.insert(fresh.sample(l));
+    }
+    return seen;
+  };
+  SamplingOptions o;
+  o.temperature = 1.f;
+  EXPECT_EQ(draws(o, 4000).size(), 5u);  // every token reachable (p = 0.003 for the last)
+  o.top_k = 2;
+  EXPECT_EQ(draws(o, 400), (std::set<TokenId>{0, 1}));
+  o.top_k = 0;
+  o.min_p = 0.2f;  // p(2)/p(0) = e^-1.5 = 0.22 stays, p(3)/p(0) = e^-3 = 0.05 goes
+  EXPECT_EQ(draws(o, 400), (std::set<TokenId>{0, 1, 2}));
+  o.min_p = 0.f;
+  o.top_p = 0.5f;  // token 0 alone has 0.44 of the mass: 0 and 1 are needed
+  EXPECT_EQ(draws(o, 400), (std::set<TokenId>{0, 1}));
+
+  // greedy with penalties
+  SamplingOptions g;
+  g.repetition_penalty = 2.f;  // 2.0 -> 1.0 < 1.9
+  runtime::Sampler s(g);
+  s.add_context({0});
+  std::vector<float> l = base;
+  EXPECT_EQ(s.sample(l), 1);
+  SamplingOptions pp;
+  pp.presence_penalty = 0.5f;
+  runtime::Sampler s2(pp);
+  l = base;
+  EXPECT_EQ(s2.sample(l), 0);  // nothing generated yet
+  l = base;
+  EXPECT_EQ(s2.sample(l), 1);  // 0 was generated: 2.0 - 0.5 < 1.9
+  SamplingOptions bad;
+  bad.min_p = 1.5f;
+  EXPECT_THROW(runtime::Sampler{bad}, Error);
 }
 
 }  // namespace
