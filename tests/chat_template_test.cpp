@@ -337,6 +337,15 @@ TEST(JinjaLimits, RunawayTemplatesAreBounded) {
   EXPECT_NE(e.find("longer than the limit"), std::string::npos) << e;
   e = render_error("{{ 'x' * 10000000000 }}", ordered_json::object(), o);
   EXPECT_NE(e.find("longer than the limit"), std::string::npos) << e;
+  // Values nested without bound (or holding themselves) are refused, not printed recursively.
+  e = render_error("{% set ns = namespace(x=[]) %}{% for i in range(2000) %}{% set ns.x = [ns.x] %}{% endfor %}");
+  EXPECT_NE(e.find("nested more than"), std::string::npos) << e;
+  e = render_error("{% set ns = namespace() %}{% set ns.self = [{'a': ns}] %}{{ ns }}");
+  EXPECT_NE(e.find("cannot be stored inside itself"), std::string::npos) << e;
+  ordered_json deep = 1;
+  for (int i = 0; i < 2000; ++i) deep = ordered_json::array({deep});
+  e = render_error("{{ x }}", {{"x", deep}});
+  EXPECT_NE(e.find("nested more than"), std::string::npos) << e;
   // Deep nesting in the source is refused at parse time.
   e = parse_error("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}");
   EXPECT_NE(e.find("nested too deeply"), std::string::npos) << e;
