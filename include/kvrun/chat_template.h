@@ -27,7 +27,7 @@ struct ChatOptions {
   std::optional<std::chrono::system_clock::time_point> now;
   // Bounds on one render (output size, macro depth, loop iterations).
   size_t max_output_bytes = 64u << 20;
-  uint64_t max_steps = 20'000'000;
+  uint64_t max_steps = 2'000'000;
 };
 
 class ChatTemplate {

@@ -21,14 +21,18 @@ constexpr const char* kChatML =
 constexpr const char* kSpecialTokenKeys[] = {"bos_token", "eos_token", "unk_token", "sep_token",
                                              "pad_token", "cls_token", "mask_token"};
 
-std::optional<std::string> token_text(const ojson& v) {
+// Config files are read as nlohmann::json (sorted keys): their key order does not matter here,
+// and ordered_json is quadratic on the thousands of added_tokens_decoder entries.
+using nlohmann::json;
+
+std::optional<std::string> token_text(const json& v) {
   if (v.is_string()) return v.get<std::string>();
   if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
   return std::nullopt;
 }
 
 // chat_template value of tokenizer_config.json / kvrun.json: a string or [{name, template}].
-std::optional<std::string> template_of(const ojson& t, const fs::path& file) {
+std::optional<std::string> template_of(const json& t, const fs::path& file) {
   if (t.is_null()) return std::nullopt;
   if (t.is_string()) return t.get<std::string>();
   if (t.is_array()) {
@@ -43,15 +47,6 @@ std::optional<std::string> template_of(const ojson& t, const fs::path& file) {
   }
   throw Error(file.string() + ": chat_template: expected a string or a list of {name, template}, found " +
               std::string(t.type_name()));
-}
-
-ojson read_ojson(const fs::path& p) {
-  const std::string text = io::read_text_file(p);
-  try {
-    return ojson::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(p.string() + ": invalid JSON: " + e.what());
-  }
 }
 
 jinja::RenderOptions render_options(const ChatOptions& opt) {
@@ -73,7 +68,7 @@ ChatTemplate::ChatTemplate(std::string source, std::string bos_token, std::strin
 ChatTemplate ChatTemplate::chatml() { return ChatTemplate(kChatML); }
 
 ChatTemplate ChatTemplate::from_tokenizer_config(const fs::path& path) {
-  const ojson cfg = read_ojson(path);
+  const json cfg = io::read_json_file(path);
   if (!cfg.is_object()) throw Error(path.string() + ": expected a JSON object, found " + cfg.type_name());
   std::optional<std::string> src;
   const fs::path jinja_file = path.parent_path() / "chat_template.jinja";
@@ -83,13 +78,16 @@ ChatTemplate ChatTemplate::from_tokenizer_config(const fs::path& path) {
   for (const char* k : kSpecialTokenKeys)
     if (cfg.contains(k))
       if (auto s = token_text(cfg[k])) t.special_tokens_[k] = *s;
+  if (cfg.contains("extra_special_tokens") && cfg["extra_special_tokens"].is_object())  // e.g. Gemma 3's image_token
+    for (const auto& [k, v] : cfg["extra_special_tokens"].items())
+      if (auto s = token_text(v)) t.special_tokens_[k] = *s;
   return t;
 }
 
 ChatTemplate ChatTemplate::from_folder(const fs::path& dir) {
   std::optional<std::string> src;
   if (fs::exists(dir / "kvrun.json")) {
-    const ojson m = read_ojson(dir / "kvrun.json");
+    const json m = io::read_json_file(dir / "kvrun.json");
     if (m.is_object() && m.contains("chat_template")) src = template_of(m["chat_template"], dir / "kvrun.json");
   }
   if (!src && fs::exists(dir / "chat_template.jinja")) src = io::read_text_file(dir / "chat_template.jinja");

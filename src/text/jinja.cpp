@@ -192,7 +192,15 @@ struct Undef {
 struct ListV {
   ListP items;
   bool tuple = false;
+  int depth = 1;        // nesting height (lists, dicts, namespaces), kept below kMaxNesting
+  bool has_ns = false;  // holds a namespace somewhere inside
 };
+
+// Values nest at most this deep: printing, comparing and freeing them recurse.
+constexpr int kMaxNesting = 500;
+[[noreturn]] void too_deep() { fail("value nested more than " + std::to_string(kMaxNesting) + " levels deep"); }
+int value_depth(const Value& v);
+bool holds_ns(const Value& v);
 
 struct Value {
   std::variant<Undef, std::nullptr_t, bool, int64_t, double, std::string, ListV, DictP, NsP, FuncP> v;
@@ -205,8 +213,14 @@ struct Value {
   Value(double d) : v(d) {}
   Value(std::string s) : v(std::move(s)) {}
   Value(const char* s) : v(std::string(s)) {}
-  Value(List l, bool tuple = false) : v(ListV{std::make_shared<const List>(std::move(l)), tuple}) {}
-  Value(DictP d) : v(std::move(d)) {}
+  Value(List l, bool tuple = false) {
+    int d = 0;
+    bool ns = false;
+    for (const auto& e : l) d = std::max(d, value_depth(e)), ns = ns || holds_ns(e);
+    if (d + 1 > kMaxNesting) too_deep();
+    v = ListV{std::make_shared<const List>(std::move(l)), tuple, d + 1, ns};
+  }
+  Value(DictP d);
   Value(NsP n) : v(std::move(n)) {}
   Value(FuncP f) : v(std::move(f)) {}
 
@@ -231,6 +245,8 @@ struct Value {
 
 struct Dict {
   std::vector<std::pair<std::string, Value>> items;
+  mutable int depth = 1;        // set when wrapped in a Value
+  mutable bool has_ns = false;  // likewise
   const Value* find(std::string_view k) const {
     for (const auto& [key, val] : items)
       if (key == k) return &val;
@@ -248,7 +264,59 @@ struct Dict {
 
 struct Namespace {
   Dict attrs;
+  int depth = 1;
+  void set(const std::string& k, Value val) {
+    // No reference cycles (they would leak and print forever).
+    if (holds_ns(val) && reaches(val, 0)) fail("a namespace cannot be stored inside itself");
+    depth = std::max(depth, value_depth(val) + 1);
+    if (depth > kMaxNesting) too_deep();
+    attrs.set(k, std::move(val));
+  }
+  bool reaches(const Value& v, int level) const;
 };
+
+Value::Value(DictP d) {
+  int h = 0;
+  bool ns = false;
+  for (const auto& [k, e] : d->items) h = std::max(h, value_depth(e)), ns = ns || holds_ns(e);
+  if (h + 1 > kMaxNesting) too_deep();
+  d->depth = h + 1;
+  d->has_ns = ns;
+  v = std::move(d);
+}
+
+bool holds_ns(const Value& v) {
+  if (v.is_ns()) return true;
+  if (v.is_list()) return std::get<ListV>(v.v).has_ns;
+  if (v.is_dict()) return v.dict().has_ns;
+  return false;
+}
+
+bool Namespace::reaches(const Value& v, int level) const {
+  if (level > kMaxNesting || !holds_ns(v)) return false;
+  if (v.is_ns()) {
+    const Namespace* n = std::get<NsP>(v.v).get();
+    if (n == this) return true;
+    for (const auto& [k, e] : n->attrs.items)
+      if (reaches(e, level + 1)) return true;
+    return false;
+  }
+  if (v.is_list()) {
+    for (const auto& e : v.list())
+      if (reaches(e, level + 1)) return true;
+    return false;
+  }
+  for (const auto& [k, e] : v.dict().items)
+    if (reaches(e, level + 1)) return true;
+  return false;
+}
+
+int value_depth(const Value& v) {
+  if (v.is_list()) return std::get<ListV>(v.v).depth;
+  if (v.is_dict()) return v.dict().depth;
+  if (v.is_ns()) return std::get<NsP>(v.v)->depth;
+  return 0;
+}
 
 struct Args {
   std::vector<Value> pos;
@@ -294,7 +362,8 @@ std::string type_name(const Value& v) {
 }
 
 template <class J>
-Value from_json(const J& j) {
+Value from_json(const J& j, int level = 0) {
+  if (level > kMaxNesting) too_deep();
   switch (j.type()) {
     case nlohmann::json::value_t::null:
       return Value(nullptr);
@@ -315,12 +384,12 @@ Value from_json(const J& j) {
     case nlohmann::json::value_t::array: {
       List l;
       l.reserve(j.size());
-      for (const auto& e : j) l.push_back(from_json(e));
+      for (const auto& e : j) l.push_back(from_json(e, level + 1));
       return Value(std::move(l));
     }
     case nlohmann::json::value_t::object: {
       auto d = std::make_shared<Dict>();
-      for (auto it = j.begin(); it != j.end(); ++it) d->items.emplace_back(it.key(), from_json(it.value()));
+      for (auto it = j.begin(); it != j.end(); ++it) d->items.emplace_back(it.key(), from_json(it.value(), level + 1));
       return Value(DictP(std::move(d)));
     }
     default:
@@ -395,7 +464,7 @@ std::string py_str_repr(const std::string& s) {
   return out;
 }
 
-std::string py_repr(const Value& v);
+std::string py_repr(const Value& v, int level = 0);
 
 // str(value) as Python / jinja2 prints it ({{ x }}, ~, |string, |join).
 std::string py_str(const Value& v) {
@@ -404,10 +473,11 @@ std::string py_str(const Value& v) {
   return py_repr(v);
 }
 
-std::string py_repr(const Value& v) {
+std::string py_repr(const Value& v, int level) {
+  if (level > kMaxNesting) too_deep();  // a namespace holding itself
   switch (v.v.index()) {
     case 0:
-      return "";
+      return "Undefined";
     case 1:
       return "None";
     case 2:
@@ -421,7 +491,7 @@ std::string py_repr(const Value& v) {
     case 6: {
       const List& l = v.list();
       std::string out = v.tuple() ? "(" : "[";
-      for (size_t i = 0; i < l.size(); ++i) out += (i ? ", " : "") + py_repr(l[i]);
+      for (size_t i = 0; i < l.size(); ++i) out += (i ? ", " : "") + py_repr(l[i], level + 1);
       if (v.tuple() && l.size() == 1) out += ",";
       return out + (v.tuple() ? ")" : "]");
     }
@@ -431,7 +501,7 @@ std::string py_repr(const Value& v) {
       std::string out = "{";
       bool first = true;
       for (const auto& [k, val] : d.items) {
-        out += (first ? "" : ", ") + py_str_repr(k) + ": " + py_repr(val);
+        out += (first ? "" : ", ") + py_str_repr(k) + ": " + py_repr(val, level + 1);
         first = false;
       }
       out += "}";
@@ -2408,7 +2478,9 @@ Value attr_path(const Value& v, const std::string& path) {
     const std::string part = path.substr(b, e == std::string::npos ? std::string::npos : e - b);
     const bool digits =
         !part.empty() && std::all_of(part.begin(), part.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
-    cur = digits ? get_item(cur, Value(static_cast<int64_t>(std::stoll(part)))) : get_item(cur, Value(part));
+    int64_t idx = 0;
+    const bool as_int = digits && std::from_chars(part.data(), part.data() + part.size(), idx).ec == std::errc();
+    cur = as_int ? get_item(cur, Value(idx)) : get_item(cur, Value(part));
     if (e == std::string::npos) return cur;
     b = e + 1;
   }
@@ -2445,9 +2517,9 @@ Value select_like(const std::string& name, const Value& v, Args& a, Ctx& c) {
 }
 
 std::string py_indent(const std::string& text, const Value& width, bool first, bool blank) {
-  const std::string ind = width.is_str()
-                              ? width.str()
-                              : std::string(static_cast<size_t>(std::max<int64_t>(0, want_int(width, "indent"))), ' ');
+  const int64_t w = width.is_str() ? 0 : want_int(width, "indent");
+  if (w > 4096) fail("indent(): width " + std::to_string(w) + " is larger than 4096");
+  const std::string ind = width.is_str() ? width.str() : std::string(static_cast<size_t>(std::max<int64_t>(0, w)), ' ');
   const std::string s = text + "\n";
   std::vector<std::string> lines = py_splitlines(s, false);
   std::string rv;
@@ -2503,8 +2575,11 @@ Value run_filter(const std::string& name, const Value& v, Args& a, Ctx& c) {
     if (b[1] && !b[1]->none()) {
       if (b[1]->is_str())
         o.indent = b[1]->str();
-      else
-        o.indent = std::string(static_cast<size_t>(std::max<int64_t>(0, want_int(*b[1], "tojson indent"))), ' ');
+      else {
+        const int64_t w = want_int(*b[1], "tojson indent");
+        if (w > 4096) fail("tojson: indent " + std::to_string(w) + " is larger than 4096");
+        o.indent = std::string(static_cast<size_t>(std::max<int64_t>(0, w)), ' ');
+      }
       o.item_sep = ",";
     }
     if (b[2] && !b[2]->none()) {
@@ -2819,9 +2894,9 @@ std::optional<Value> global(const std::string& name) {
       auto ns = std::make_shared<Namespace>();
       for (const auto& p : a.pos) {
         if (!p.is_dict()) fail("namespace() positional argument must be a mapping, found " + type_name(p));
-        for (const auto& [k, v] : p.dict().items) ns->attrs.set(k, v);
+        for (const auto& [k, v] : p.dict().items) ns->set(k, v);
       }
-      for (const auto& [k, v] : a.kw) ns->attrs.set(k, v);
+      for (const auto& [k, v] : a.kw) ns->set(k, v);
       for (const auto& [k, v] : ns->attrs.items)
         if (!k.empty() && k[0] == '_')
           fail("chat templates cannot store underscore-prefixed attributes on a namespace, but got '" + k + "'");
@@ -3113,7 +3188,7 @@ Flow exec_node(const Node& n, Ctx& c, const FrameP& f, std::string& out) {
                (target ? type_name(*target) : std::string("an undefined name")));
         if (n.attr[0] == '_')
           fail("chat templates cannot store underscore-prefixed attributes on a namespace, but got '" + n.attr + "'");
-        std::get<NsP>(target->v)->attrs.set(n.attr, v);
+        std::get<NsP>(target->v)->set(n.attr, v);
       } else {
         assign(n.targets, v, *f);
       }

@@ -19,7 +19,7 @@ namespace kvrun::jinja {
 struct Limits {
   size_t max_output_bytes = 64u << 20;  // rendered text and any string built while rendering
   int max_call_depth = 64;              // nested macro calls
-  uint64_t max_steps = 20'000'000;      // loop iterations + macro calls + filter element visits
+  uint64_t max_steps = 2'000'000;       // loop iterations + macro calls + filter element visits
 };
 
 struct RenderOptions {
