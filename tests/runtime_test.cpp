@@ -536,3 +536,27 @@ TEST(RuntimeFp16, GreedyFollowsGoldensUntilANearTie) {
 
 }  // namespace
 }  // namespace kvrun
+
+namespace kvrun {
+namespace {
+
+// A GroupQueryAttention graph without the shared buffer cannot take left-padded rows:
+// the runtime runs such a batch row by row and still matches the goldens.
+TEST(RuntimeLayoutInfo, GenAiWithoutSharedBufferBatchesCorrectly) {
+  test::TempDir d;
+  for (const auto& e : std::filesystem::directory_iterator(fixture("layouts") / "genai"))
+    std::filesystem::copy(e.path(), d / e.path().filename().string());
+  auto cfg = io::read_json_file(d / "genai_config.json");
+  cfg["search"]["past_present_share_buffer"] = false;
+  io::write_text_file_atomic(d / "genai_config.json", cfg.dump(2));
+  auto m = Model::load(d.path());
+  EXPECT_FALSE(m->info().shared_kv_buffer);
+  const Golden g = golden("qwen3-tiny");
+  std::vector<Prompt> ps;
+  for (const auto& p : g.prompts) ps.push_back(Prompt().ids(p));
+  const auto rs = m->generate(ps, greedy_opts());
+  for (size_t k = 0; k < rs.size(); ++k) EXPECT_EQ(rs[k].tokens, g.greedy[k]) << "row " << k;
+}
+
+}  // namespace
+}  // namespace kvrun

@@ -337,7 +337,10 @@ class Engine : public Model {
     check_stop_strings(opt);
     if (prompts.empty()) return {};
     // Rows go together when the graph allows a batch; otherwise one after another.
-    const bool batchable = dec_.max_batch() > 1 && (dec_.shared() || !dec_.signature().mask_input.empty());
+    // Shared-buffer models batch right-padded rows; others need a mask for left padding, and
+    // graphs that read lengths from a right-padded mask without a shared buffer run row by row.
+    const bool batchable = dec_.max_batch() > 1 &&
+                           (dec_.shared() || (!dec_.signature().mask_input.empty() && !dec_.source().right_padding));
     if (prompts.size() > 1 && !batchable) {
       std::vector<GenerationResult> out;
       for (size_t r = 0; r < prompts.size(); ++r)

@@ -69,6 +69,7 @@ ModelSource from_kvrun_package(const fs::path& dir) {
   if (man.target == "ort") {
     m.step_graph = dir / man.graph("decoder").file;
     m.share_buffer = man.raw.at("kv_cache").value("past_present_share_buffer", false);
+    m.right_padding = true;
   } else {
     m.first_graph = dir / man.graph("prefill").file;
     m.step_graph = dir / man.graph("decode").file;
@@ -113,6 +114,7 @@ ModelSource from_genai(const fs::path& dir) {
   m.pad_id = opt_int(model, "pad_token_id");
   if (c.contains("search") && c["search"].is_object())
     m.share_buffer = c["search"].value("past_present_share_buffer", false);
+  m.right_padding = true;  // the GenAI builder's graphs use GroupQueryAttention
   read_hf_side_files(dir, m);
   return m;
 }

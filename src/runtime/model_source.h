@@ -20,8 +20,9 @@ struct ModelSource {
   std::filesystem::path embed_graph;  // optional: input_ids -> inputs_embeds graph
   std::filesystem::path embed_table;  // optional: safetensors holding the embedding table
   std::string embed_tensor;
-  bool share_buffer = false;  // past and present may be one buffer (GroupQueryAttention graphs)
-  int64_t max_length = 0;     // longest sequence the graphs support; 0: not stated
+  bool share_buffer = false;   // past and present may be one buffer (GroupQueryAttention graphs)
+  bool right_padding = false;  // batches must be right-padded (GroupQueryAttention reads lengths from the mask)
+  int64_t max_length = 0;      // longest sequence the graphs support; 0: not stated
   std::optional<int64_t> num_layers, kv_heads, head_dim, hidden_size, vocab_size;
   std::vector<TokenId> eos_ids;
   std::optional<TokenId> bos_id, pad_id;
