@@ -57,12 +57,6 @@ onnx::NodeProto* add_node(onnx::GraphProto* g, const std::string& op, std::vecto
   return n;
 }
 
-void add_ints(onnx::NodeProto* n, const std::string& name, std::vector<int64_t> v) {
-  auto* a = n->add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::INTS);
-  for (auto x : v) a->add_ints(x);
-}
 void add_int(onnx::NodeProto* n, const std::string& name, int64_t v) {
   auto* a = n->add_attribute();
   a->set_name(name);
@@ -161,7 +155,9 @@ TEST(Fix, ReduceAxesInputsToOpset17GiveIdenticalOutputs) {
   add_node(g, "Relu", {"x"}, {"dead"});     // unused: dead-code removes it
   for (auto n : {"mean", "max", "sum", "all"}) g->add_output()->set_name(n);
   // Outputs without type info are rejected by ORT; give them types.
-  for (auto& o : *g->mutable_output()) o.mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+  for (auto& o : *g->mutable_output())
+    o.mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT),
+        o.mutable_type()->mutable_tensor_type()->mutable_shape();
   // an "ai.onnx" import duplicate, cleaned up by opset-imports
   auto* dup = m.add_opset_import();
   dup->set_domain("ai.onnx");
@@ -182,8 +178,12 @@ TEST(Fix, ReduceAxesInputsToOpset17GiveIdenticalOutputs) {
   ASSERT_EQ(out->proto().opset_import_size(), 1);
   for (const auto& n : out->proto().graph().node()) {
     EXPECT_NE(n.op_type(), "Relu");
-    if (n.op_type() == "ReduceMean" || n.op_type() == "ReduceMax") EXPECT_EQ(n.input_size(), 1) << n.op_type();
-    if (n.op_type() == "ReduceSum") EXPECT_EQ(n.input_size(), 2);
+    if (n.op_type() == "ReduceMean" || n.op_type() == "ReduceMax") {
+      EXPECT_EQ(n.input_size(), 1) << n.op_type();
+    }
+    if (n.op_type() == "ReduceSum") {
+      EXPECT_EQ(n.input_size(), 2);
+    }
   }
   const std::vector<std::vector<int64_t>> shapes = {{2, 3, 5}};
   expect_near(run_model(in, shapes), run_model(d / "out.onnx", shapes), 0.f);
@@ -209,7 +209,8 @@ TEST(Fix, SplitNumOutputsBecomesSizes) {
   for (auto n : {"a", "b", "c", "p", "q"}) {
     auto* o = g->add_output();
     o->set_name(n);
-    o->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+    o->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT),
+        o->mutable_type()->mutable_tensor_type()->mutable_shape();
   }
   const auto in = write(m, d / "in.onnx");
   graph::FixOptions o;

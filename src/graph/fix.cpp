@@ -339,11 +339,12 @@ void pass_split(OnnxModel& model, int64_t target, PassReport& r) {
       if (!sizes.empty()) {
         split_name = names.fresh(n.output(0) + "_split");
         *g.add_initializer() = int64_tensor(split_name, sizes);
-        r.notes.push_back(node_str(n, where) + ": sizes " + [&] {
-          std::string t;
-          for (auto x : sizes) t += (t.empty() ? "" : ",") + std::to_string(x);
-          return t;
-        }());
+        std::string note = node_str(n, where) + ": sizes";
+        for (auto x : sizes) {
+          note += ' ';
+          note += std::to_string(x);
+        }
+        r.notes.push_back(note);
       } else {
         // Axis length unknown before run time: sizes = [c]*(k-1) + [len - c*(k-1)], c = ceil(len / k).
         const std::string base = n.output(0);
