@@ -1012,7 +1012,14 @@ FixReport fix_model(const fs::path& in, const fs::path& out, const FixOptions& o
   SaveOptions so;
   so.data_file = out.filename().string() + ".data";
   const fs::path staged = stage.dir / out.filename();
-  model->save(staged, so);
+  try {
+    model->save(staged, so);
+  } catch (const Error& e) {
+    throw Error(out.string() +
+                ": the fixed model does not pass the ONNX checker (nothing written; the input may "
+                "already be invalid in this way): " +
+                e.what());
+  }
   rep.onnx_checked = checker_range(model->proto());
   try {
     runtime::Session s(staged);
