@@ -424,6 +424,11 @@ const std::map<std::string, int64_t>& op_since() {
 
 void pass_opset(OnnxModel& model, int64_t source, int64_t target, PassReport& r) {
   auto& m = model.proto();
+  if (source == target && (target < kMinOpset || target > kMaxOpset)) {
+    r.notes.push_back("opset " + std::to_string(target) + " kept; ops not checked (kvrun's rules cover opsets " +
+                      std::to_string(kMinOpset) + " to " + std::to_string(kMaxOpset) + ")");
+    return;
+  }
   if (target < kMinOpset || target > kMaxOpset)
     throw Error("--opset " + std::to_string(target) + ": kvrun converts between opsets " + std::to_string(kMinOpset) +
                 " and " + std::to_string(kMaxOpset));
