@@ -16,5 +16,8 @@ struct Command {
 Command add_tokenize_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
 Command add_chat_command(CLI::App& app);
+// kvrun inspect (cmd_inspect.cpp), kvrun fix (cmd_fix.cpp)
+Command add_inspect_command(CLI::App& app);
+Command add_fix_command(CLI::App& app);
 
 }  // namespace kvrun::cli

@@ -118,6 +118,8 @@ int main(int argc, char** argv) {
   commands.push_back(kvrun::cli::add_tokenize_command(app));
   commands.push_back(kvrun::cli::add_run_command(app));
   commands.push_back(kvrun::cli::add_chat_command(app));
+  commands.push_back(kvrun::cli::add_inspect_command(app));
+  commands.push_back(kvrun::cli::add_fix_command(app));
 
   try {
     app.parse(argc, argv);
