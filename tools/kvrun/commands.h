@@ -16,5 +16,7 @@ struct Command {
 Command add_tokenize_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
 Command add_chat_command(CLI::App& app);
+// kvrun quantize (cmd_quantize.cpp)
+Command add_quantize_command(CLI::App& app);
 
 }  // namespace kvrun::cli
