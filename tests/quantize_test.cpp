@@ -12,12 +12,14 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "graph/builder.h"
 #include "graph/onnx_model.h"
 #include "io/fs.h"
 #include "io/safetensors.h"
 #include "kvrun/build.h"
 #include "kvrun/runtime.h"
 #include "kvrun/verify.h"
+#include "runtime/ort_session.h"
 #include "runtime/package_model.h"
 #include "test_util.h"
 
@@ -357,6 +359,82 @@ TEST(QuantPass, AsymmetricInt8Block16Accuracy0) {
     if (n.op_type() == "MatMulNBits") zp += n.input_size() == 4, ++nbits;
   EXPECT_GT(nbits, 0);
   EXPECT_EQ(zp, nbits);  // every node has its zero points
+}
+
+// Hand-made graph: K = 40 (not a multiple of the block), Gemm with C (-> Add) and with
+// transB 0/1, a MatMul, plus nodes that must be skipped; outputs compared with fp32 in ORT.
+TEST(QuantPass, GemmLayoutsPaddingAndSkipsMatchFloat) {
+  TempDir d;
+  const int64_t M = 3, K = 40, N = 24;
+  auto rnd = [](size_t n, uint64_t seed) {
+    std::vector<float> v(n);
+    for (auto& x : v) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      x = static_cast<float>(static_cast<double>(seed >> 40) / static_cast<double>(1ull << 24) - 0.5);
+    }
+    return v;
+  };
+  {
+    graph::GraphBuilder g(d / "m.onnx", "t");
+    g.input("x", io::DType::F32, {M, K});
+    const auto w1 = rnd(K * N, 1), c1 = rnd(N, 2), w2 = rnd(N * K, 3), w3 = rnd(K * N, 4);
+    const std::string W1 = g.weight("w1", io::DType::F32, {K, N}, w1.data());
+    const std::string C1 = g.weight("c1", io::DType::F32, {N}, c1.data());
+    const std::string W2 = g.weight("w2", io::DType::F32, {N, K}, w2.data());
+    const std::string W3 = g.weight("w3", io::DType::F32, {K, N}, w3.data());
+    g.node("Gemm", "/a/Gemm", {"x", W1, C1}, {"y1"});
+    g.node("Gemm", "/b/Gemm", {"x", W2}, {"y2"}, {{"transB", 1}});
+    g.node("MatMul", "/c/MatMul", {"x", W3}, {"y3"});
+    g.node("Gemm", "/d/Gemm", {"x", W3}, {"y4"}, {{"alpha", 2.0f}});
+    g.node("MatMul", "/e/MatMul", {"x", g.op("Transpose", "/e/T", {W2})}, {"y5"});
+    for (const char* y : {"y1", "y2", "y3", "y4", "y5"}) g.output(y, io::DType::F32, {M, N});
+    g.finish();
+  }
+  const auto x = rnd(M * K, 9);
+  auto run = [&](const fs::path& f) {
+    runtime::Session s(f);
+    runtime::HostTensor xt = runtime::HostTensor::from_f32(x, {M, K});
+    std::vector<Ort::Value> in;
+    in.push_back(xt.view());
+    auto outs = s.run({"x"}, in, {"y1", "y2", "y3", "y4", "y5"});
+    std::vector<std::vector<float>> r;
+    for (auto& o : outs) r.push_back(runtime::to_f32(o));
+    return r;
+  };
+  const auto ref = run(d / "m.onnx");
+  struct Case {
+    std::string mode;
+    bool standard, symmetric;
+    double tol;  // max |diff| / max |ref| per output
+  };
+  for (const Case& c :
+       {Case{"int4", false, true, 0.15}, Case{"int4", false, false, 0.15}, Case{"int8", false, true, 0.02},
+        Case{"int8", false, false, 0.02}, Case{"int8", true, true, 0.02}, Case{"int8", true, false, 0.02},
+        Case{"int8-dynamic", false, true, 0.05}, Case{"int8-dynamic", true, true, 0.05}}) {
+    const std::string what = c.mode + (c.standard ? " standard" : " ort") + (c.symmetric ? " sym" : " asym");
+    auto m = graph::OnnxModel::load(d / "m.onnx");
+    graph::QuantizeOptions o;
+    o.mode = c.mode;
+    o.standard_ops = c.standard;
+    o.symmetric = c.symmetric;
+    o.accuracy_level = 0;
+    const graph::QuantizeReport r = graph::quantize(*m, o);
+    EXPECT_EQ(r.quantized, 3) << what;
+    ASSERT_EQ(r.skipped.size(), 2u) << what;
+    EXPECT_EQ(r.skipped[0].reason, "Gemm with alpha != 1") << what;
+    EXPECT_NE(r.skipped[1].reason.find("not a constant initializer"), std::string::npos) << what;
+    const fs::path out = d / (c.mode + (c.standard ? "s" : "o") + (c.symmetric ? "y" : "n") + ".onnx");
+    m->save(out);
+    const auto got = run(out);
+    for (size_t k = 0; k < ref.size(); ++k) {
+      double diff = 0, scale = 0;
+      for (size_t i = 0; i < ref[k].size(); ++i) {
+        diff = std::max(diff, static_cast<double>(std::fabs(ref[k][i] - got[k][i])));
+        scale = std::max(scale, static_cast<double>(std::fabs(ref[k][i])));
+      }
+      EXPECT_LE(diff / scale, k >= 3 ? 1e-6 : c.tol) << what << " y" << k + 1;
+    }
+  }
 }
 
 }  // namespace
