@@ -333,6 +333,10 @@ TEST(QuantErrors, BadInputIsNamedAndLeavesNothing) {
   expect_error(o, "MatMulNBits");
   o.input = quantized_package("qwen3-tiny", "ort", "int4");
   expect_error(o, "precision 'int4'");
+  o.input = built_package("qwen3-tiny", "ort", "fp16");
+  o.mode = "int8-dynamic";
+  expect_error(o, "found none (9 skipped, e.g. /model/layers.0/attn/qkv_proj/MatMul: int8-dynamic needs float32");
+  o.mode = "int4";
   const CliResult c = run_cli({"quantize", o.input.string(), "-o", (d / "c").string(), "--mode", "fp8"});
   EXPECT_EQ(c.exit_code, 2);
   EXPECT_NE(c.out.find("kvrun: error: quantize: --mode"), std::string::npos) << c.out;

@@ -39,6 +39,15 @@ std::string data_file_of(const graph::OnnxModel& m, const std::string& embedding
 
 }  // namespace
 
+void require_some_quantized(const graph::QuantizeReport& r, const std::string& what) {
+  if (r.quantized > 0) return;
+  std::string why = r.skipped.empty() ? "it has no MatMul or Gemm node"
+                                      : std::to_string(r.skipped.size()) + " skipped, e.g. " + r.skipped[0].node +
+                                            ": " + r.skipped[0].reason;
+  throw Error("quantize: " + what +
+              ": expected at least one MatMul/Gemm with a constant weight to quantize, found none (" + why + ")");
+}
+
 graph::QuantizeReport quantize_package_graphs(const fs::path& src, const fs::path& dst, graph::QuantizeOptions gopt,
                                               uint64_t* file_bytes_before, uint64_t* file_bytes_after) {
   const json manifest = io::read_json_file(src / "kvrun.json");
@@ -75,6 +84,7 @@ graph::QuantizeReport quantize_package_graphs(const fs::path& src, const fs::pat
     if (gopt.progress) per.progress = [&, i](int64_t d, int64_t t) { gopt.progress(i * t + d, n_models * t); };
     merge(total, graph::quantize(*models[static_cast<size_t>(i)], per));
   }
+  require_some_quantized(total, src.string());
   auto data = std::make_shared<graph::ExternalData>(dst / data_name);
   graph::SaveOptions so;
   so.shared_data = data;
@@ -186,6 +196,7 @@ QuantizeResult quantize(const QuantizeOptions& opt) {
     });
     for (const auto& l : locations) res.file_bytes_before += fs::file_size(opt.input.parent_path() / l);
     rep = graph::quantize(*m, g);
+    build::require_some_quantized(rep, opt.input.string());
     const fs::path data = opt.out.string() + ".data";
     try {
       m->save(opt.out);

@@ -17,6 +17,8 @@ graph::QuantizeReport quantize_package_graphs(const std::filesystem::path& src, 
                                               graph::QuantizeOptions gopt, uint64_t* file_bytes_before = nullptr,
                                               uint64_t* file_bytes_after = nullptr);
 
+// Throws kvrun::Error naming the first skip reason when no node was quantized.
+void require_some_quantized(const graph::QuantizeReport& r, const std::string& what);
 // What kvrun.json records under "quantization".
 nlohmann::json quantization_record(const graph::QuantizeOptions& gopt, const graph::QuantizeReport& r);
 // "int8" for int8 and int8-dynamic, "int4" for int4.
