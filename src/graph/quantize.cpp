@@ -4,11 +4,12 @@
 #include <cmath>
 #include <cstring>
 #include <map>
-#include <regex>
+#include <memory>
 #include <set>
 
 #include "io/dtype.h"
 #include "kvrun/error.h"
+#include "text/regex.h"
 
 namespace kvrun::graph {
 namespace {
@@ -165,8 +166,8 @@ class Quantizer {
   Quantizer(OnnxModel& m, const QuantizeOptions& o) : m_(m), o_(o) {
     if (!o.exclude.empty()) {
       try {
-        exclude_ = std::regex(o.exclude, std::regex::ECMAScript);
-      } catch (const std::regex_error& e) {
+        exclude_ = std::make_unique<text::Regex>(o.exclude);
+      } catch (const Error& e) {
         throw Error("quantize: --exclude '" + o.exclude + "' is not a valid regular expression (" + e.what() + ")");
       }
     }
@@ -234,6 +235,12 @@ class Quantizer {
     g.mutable_node()->Swap(&out);
   }
 
+  bool matches(const std::string& s) const {
+    std::vector<std::pair<size_t, size_t>> m;
+    exclude_->find_all(s, m);
+    return !m.empty();
+  }
+
   // The initializer a name refers to in this scope, with the graph that owns it.
   std::pair<onnx::TensorProto*, Scope*> find_init(const std::string& name, Scope& s) {
     for (Scope* p = &s; p; p = p->parent) {
@@ -279,8 +286,7 @@ class Quantizer {
     const bool gemm = n.op_type() == "Gemm";
     if (n.input_size() < 2 || n.output_size() < 1) return "malformed node";
     const std::string& wname = n.input(1);
-    if (!o_.exclude.empty() && (std::regex_search(n.name(), exclude_) || std::regex_search(wname, exclude_)))
-      return "excluded by --exclude";
+    if (exclude_ && (matches(n.name()) || matches(wname))) return "excluded by --exclude";
     auto [w, owner] = find_init(wname, s);
     if (!w) return "weight '" + wname + "' is not a constant initializer";
     if (w->dims_size() != 2)
@@ -428,7 +434,7 @@ class Quantizer {
 
   OnnxModel& m_;
   const QuantizeOptions& o_;
-  std::regex exclude_;
+  std::unique_ptr<text::Regex> exclude_;
   QuantizeReport rep_;
   int64_t total_ = 0, done_ = 0;
   std::map<std::string, std::vector<std::string>> cache_;

@@ -55,7 +55,7 @@ Command add_quantize_command(CLI::App& app) {
                   "MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (fastest on CPU)")
       ->capture_default_str();
   cmd->add_option("--exclude", o->q.exclude,
-                  "Keep nodes whose name or weight name matches this regex (ECMAScript), e.g. 'lm_head'");
+                  "Keep nodes whose name or weight name matches this regex (PCRE2), e.g. 'lm_head'");
   cmd->add_flag("--standard-ops", o->q.standard_ops,
                 "Single .onnx: standard ONNX ops only (packages follow their target)");
   cmd->add_flag("--overwrite", o->q.overwrite, "Replace the output if it exists");
