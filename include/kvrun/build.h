@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvrun/error.h"
@@ -20,11 +21,16 @@ struct BuildOptions {
   std::filesystem::path checkpoint;  // folder with config.json + safetensors
   std::filesystem::path out;         // package folder to create
   std::string target = "ort";        // "ort" (fused com.microsoft ops) | "portable" (opset 17)
-  std::string precision = "fp32";    // "fp32" | "fp16"
+  std::string precision = "fp32";    // "fp32" | "fp16" | "int8" | "int4" (fp32 graphs, then quantized)
   int64_t max_length = 0;            // positions covered (0: config max_position_embeddings)
   bool all_logits = false;           // logits for every position, not only the last
   bool overwrite = false;            // replace an existing package folder
   bool load_check = true;            // open every graph in ONNX Runtime before committing
+  // --precision int8|int4: weight-only MatMulNBits (ort) / DequantizeLinear (portable int8)
+  int64_t quant_block_size = 32;
+  bool quant_symmetric = true;
+  int quant_accuracy_level = 4;
+  std::string quant_exclude;
   ProgressFn progress;
 
   void validate() const;  // throws kvrun::Error
@@ -39,6 +45,34 @@ struct BuildResult {
 
 // Builds into `<out>.partial-<pid>` and renames at the end: a failed build leaves nothing.
 BuildResult build_package(const BuildOptions& opt);
+
+// kvrun quantize: a package folder (its decoder graphs) or a single .onnx file.
+struct QuantizeOptions {
+  std::filesystem::path input;  // package folder or .onnx file
+  std::filesystem::path out;    // package folder, or .onnx file (+ <out>.data)
+  std::string mode = "int4";    // "int8-dynamic" | "int8" | "int4"
+  int64_t block_size = 32;      // int8/int4: power of two >= 16
+  bool symmetric = true;
+  int accuracy_level = 4;  // MatMulNBits accuracy_level (4: int8 compute on CPU)
+  std::string exclude;     // regex on node names and weight names
+  bool standard_ops = false;  // single .onnx only: opset standard ops (packages: from the target)
+  bool overwrite = false;
+  bool load_check = true;  // open the quantized graphs in ONNX Runtime before committing
+  ProgressFn progress;
+};
+
+struct QuantizeResult {
+  std::filesystem::path out;
+  int64_t quantized_nodes = 0;
+  std::vector<std::pair<std::string, std::string>> skipped;  // node, reason
+  uint64_t initializer_bytes_before = 0, initializer_bytes_after = 0;
+  uint64_t file_bytes_before = 0, file_bytes_after = 0;  // graphs + their data files
+  std::string settings_json;                             // what kvrun.json records
+  std::string to_text() const;
+  std::string to_json() const;
+};
+
+QuantizeResult quantize(const QuantizeOptions& opt);
 
 struct SynthOptions {
   std::filesystem::path config;  // a config.json (file or folder holding it)

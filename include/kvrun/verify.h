@@ -22,12 +22,20 @@ struct VerifyCheck {
   double max_abs_diff = 0;      // over the compared logits
   double tolerance = 0;         // allowed max_abs_diff for this check
   double argmax_agreement = 1;  // fraction of compared positions with the same top token
+  double mean_kl = 0;           // mean KL(reference || package) of next-token distributions
+  int64_t positions = 0;        // compared positions
   bool passed = false;
   std::string detail;
 };
 
+// fp32/fp16: every check within its logit tolerance. int8/int4 (quantized packages):
+// next-token argmax agreement pooled over all checks >= 98% (int8) / 90% (int4); the
+// pooled row ("all") reports the agreement and the mean KL divergence.
 struct VerifyReport {
   std::string precision;
+  double argmax_agreement = 1;  // pooled over every compared position
+  double mean_kl = 0;           // pooled mean KL(reference || package), nats
+  double min_agreement = 0;     // required pooled agreement (quantized precisions), else 0
   std::vector<VerifyCheck> checks;
   bool passed = false;
   std::string to_text() const;

@@ -7,6 +7,7 @@
 #include "arch/decoder.h"
 #include "arch/tensor_names.h"
 #include "build/manifest.h"
+#include "build/quantize_package.h"
 #include "io/fs.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
@@ -17,14 +18,25 @@ namespace kvrun {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+static graph::QuantizeOptions quant_options(const BuildOptions& o) {
+  graph::QuantizeOptions q;
+  q.mode = o.precision;
+  q.block_size = o.quant_block_size;
+  q.symmetric = o.quant_symmetric;
+  q.accuracy_level = o.quant_accuracy_level;
+  q.exclude = o.quant_exclude;
+  q.standard_ops = o.target == "portable";
+  return q;
+}
+
 void BuildOptions::validate() const {
   if (checkpoint.empty()) throw Error("build: a checkpoint folder is required");
   if (out.empty()) throw Error("build: an output folder is required (-o)");
   if (target != "ort" && target != "portable")
     throw Error("build: --target must be 'ort' or 'portable', found '" + target + "'");
-  if (precision != "fp32" && precision != "fp16")
-    throw Error("build: --precision must be fp32 or fp16, found '" + precision +
-                "' (int8/int4 come from `kvrun quantize`)");
+  if (precision != "fp32" && precision != "fp16" && precision != "int8" && precision != "int4")
+    throw Error("build: --precision must be fp32, fp16, int8 or int4, found '" + precision + "'");
+  if (precision == "int8" || precision == "int4") quant_options(*this).validate();
   if (max_length < 0 || max_length > (1 << 22))
     throw Error("build: --max-length must be in [1, 4194304], found " + std::to_string(max_length));
   if (fs::exists(out) && fs::equivalent(out, checkpoint))
@@ -70,7 +82,7 @@ BuildResult build_package(const BuildOptions& opt) {
   const io::GenerationConfig gen = io::load_generation_config(opt.checkpoint, cfg);
   const io::TensorStore store(opt.checkpoint);
   arch::check_checkpoint(store, cfg);
-  const io::DType dt = opt.precision == "fp16" ? io::DType::F16 : io::DType::F32;
+  const io::DType dt = opt.precision == "fp16" ? io::DType::F16 : io::DType::F32;  // int8/int4: fp32, then quantized
   const arch::Target target = opt.target == "ort" ? arch::Target::Ort : arch::Target::Portable;
   const int64_t max_len = opt.max_length > 0 ? opt.max_length : cfg.max_position_embeddings;
 
@@ -128,8 +140,18 @@ BuildResult build_package(const BuildOptions& opt) {
                            copied,
                            chat_template_of(opt.checkpoint),
                            fs::absolute(opt.checkpoint).string()};
-  const json manifest = build::make_manifest(mi);
+  json manifest = build::make_manifest(mi);
   io::write_text_file_atomic(dir / "kvrun.json", manifest.dump(2) + "\n");
+
+  // 4b. int8/int4: the fp32 decoder graphs quantized in place (weights mapped, written once)
+  if (opt.precision == "int8" || opt.precision == "int4") {
+    graph::QuantizeOptions q = quant_options(opt);
+    q.progress = [&](int64_t d, int64_t t) { progress("quantize", d, t); };
+    const graph::QuantizeReport rep = build::quantize_package_graphs(dir, dir, q);
+    manifest["precision"] = opt.precision;
+    manifest["quantization"] = build::quantization_record(q, rep);
+    io::write_text_file_atomic(dir / "kvrun.json", manifest.dump(2) + "\n");
+  }
 
   // 5. ONNX Runtime load check of every graph
   if (opt.load_check) {

@@ -5,6 +5,7 @@
 #include <onnx/checker.h>
 #include <onnx/defs/schema.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <fstream>
@@ -193,7 +194,7 @@ void OnnxModel::for_each_graph(onnx::GraphProto& g, const std::function<void(onn
 void OnnxModel::save(const fs::path& out, const SaveOptions& opt) const {
   onnx::ModelProto copy = proto_;
   const std::string data_name = opt.data_file.empty() ? out.filename().string() + ".data" : opt.data_file;
-  auto data = std::make_shared<ExternalData>(out.parent_path() / data_name);
+  auto data = opt.shared_data ? opt.shared_data : std::make_shared<ExternalData>(out.parent_path() / data_name);
   // Pair the copy's initializers with the original's (same traversal order) for their bytes.
   std::vector<const onnx::TensorProto*> originals;
   const_cast<OnnxModel*>(this)->for_each_graph([&](onnx::GraphProto& g) {
@@ -204,7 +205,15 @@ void OnnxModel::save(const fs::path& out, const SaveOptions& opt) const {
   for_each_graph(*copy.mutable_graph(), [&](onnx::GraphProto& g) {
     for (auto& t : *g.mutable_initializer()) {
       const onnx::TensorProto* src = originals.at(k);
-      const std::string key = std::to_string(k++) + "/" + t.name();
+      const std::string key = opt.shared_data ? t.name() : std::to_string(k) + "/" + t.name();
+      ++k;
+      if (src->data_location() == onnx::TensorProto::EXTERNAL && !opt.keep_locations.empty()) {
+        std::string loc;
+        for (const auto& kv : src->external_data())
+          if (kv.key() == "location") loc = kv.value();
+        if (std::find(opt.keep_locations.begin(), opt.keep_locations.end(), loc) != opt.keep_locations.end())
+          continue;  // the copy already carries the original reference
+      }
       const auto b = bytes(*src);
       if (b.size() < opt.inline_limit) {
         std::string raw(reinterpret_cast<const char*>(b.data()), b.size());
@@ -233,7 +242,7 @@ void OnnxModel::save(const fs::path& out, const SaveOptions& opt) const {
     io::AtomicFile f(out);
     const std::string s = copy.SerializeAsString();
     f.write(s.data(), s.size());
-    if (any_external) data->commit();
+    if (any_external && !opt.shared_data) data->commit();
     f.commit();
   }
   // The ONNX checker from Debian's libonnx knows IRs and opsets up to its release; newer
@@ -244,7 +253,7 @@ void OnnxModel::save(const fs::path& out, const SaveOptions& opt) const {
     auto it = ranges.find(op.domain() == "ai.onnx" ? "" : op.domain());
     if (it == ranges.end() || op.version() > it->second.second) checkable = false;
   }
-  if (checkable) check_model_file(out);
+  if (checkable && !opt.shared_data) check_model_file(out);
 }
 
 }  // namespace kvrun::graph

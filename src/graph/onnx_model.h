@@ -19,9 +19,17 @@
 
 namespace kvrun::graph {
 
+class ExternalData;  // graph/builder.h
+
 struct SaveOptions {
   size_t inline_limit = 1024;  // smaller initializers stay inside the .onnx
   std::string data_file;       // default: "<out file name>.data"
+  // Several graphs sharing one data file (prefill.onnx + decode.onnx): tensors go to
+  // this file, de-duplicated by name; the caller commits it and then runs the checker.
+  std::shared_ptr<ExternalData> shared_data;
+  // External references to these files (relative locations, e.g. "embedding.safetensors")
+  // are kept as they are; the caller makes sure the file sits beside the output.
+  std::vector<std::string> keep_locations;
 };
 
 class OnnxModel {

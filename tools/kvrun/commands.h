@@ -19,5 +19,7 @@ Command add_chat_command(CLI::App& app);
 // kvrun inspect (cmd_inspect.cpp), kvrun fix (cmd_fix.cpp)
 Command add_inspect_command(CLI::App& app);
 Command add_fix_command(CLI::App& app);
+// kvrun quantize (cmd_quantize.cpp)
+Command add_quantize_command(CLI::App& app);
 
 }  // namespace kvrun::cli

@@ -70,9 +70,19 @@ int main(int argc, char** argv) {
                    "portable: opset-17 standard ops, prefill.onnx + decode.onnx")
       ->check(CLI::IsMember({"ort", "portable"}))
       ->capture_default_str();
-  build->add_option("--precision", bo.precision, "Weights, activations and KV cache dtype (logits stay fp32)")
-      ->check(CLI::IsMember({"fp32", "fp16"}))
+  build
+      ->add_option("--precision", bo.precision,
+                   "fp32/fp16: weights, activations and KV cache dtype (logits stay fp32); int8/int4: fp32 graphs "
+                   "with weight-only quantized MatMuls (see `kvrun quantize`)")
+      ->check(CLI::IsMember({"fp32", "fp16", "int8", "int4"}))
       ->capture_default_str();
+  build->add_option("--block-size", bo.quant_block_size, "int8/int4: quantization block size along K")
+      ->capture_default_str();
+  build->add_flag(
+      "--asymmetric", [&](int64_t) { bo.quant_symmetric = false; }, "int8/int4: a zero point per block");
+  build->add_option("--accuracy-level", bo.quant_accuracy_level, "int8/int4: MatMulNBits accuracy_level (0-4)")
+      ->capture_default_str();
+  build->add_option("--exclude", bo.quant_exclude, "int8/int4: keep nodes/weights matching this regex in fp32");
   build->add_option("--max-length", bo.max_length,
                     "Longest sequence (prompt + generated) the graphs support; default: max_position_embeddings");
   build->add_flag("--all-logits", bo.all_logits, "Return logits for every position (default: last position only)");
@@ -120,6 +130,7 @@ int main(int argc, char** argv) {
   commands.push_back(kvrun::cli::add_chat_command(app));
   commands.push_back(kvrun::cli::add_inspect_command(app));
   commands.push_back(kvrun::cli::add_fix_command(app));
+  commands.push_back(kvrun::cli::add_quantize_command(app));
 
   try {
     app.parse(argc, argv);
