@@ -352,6 +352,24 @@ void token_inputs(const DecoderSignature& sig, const StepFeed& f, int64_t hidden
     fd.names.push_back(sig.ids_input.c_str());
   }
 }
+
+// Tokens plus the optional inputs the graph has: mask [B, W], positions [B, S], cache branch.
+void step_inputs(const DecoderSignature& sig, const StepFeed& f, int64_t hidden, const std::vector<int64_t>& mask,
+                 int64_t W, const std::vector<int64_t>& pos, bool has_cache, Feeds& fd) {
+  token_inputs(sig, f, hidden, fd);
+  if (!sig.mask_input.empty()) {
+    fd.bufs.push_back(index_buf(mask, {f.batch, W}, sig.mask_dtype));
+    fd.names.push_back(sig.mask_input.c_str());
+  }
+  if (!sig.position_input.empty()) {
+    fd.bufs.push_back(index_buf(pos, {f.batch, f.seq}, sig.position_dtype));
+    fd.names.push_back(sig.position_input.c_str());
+  }
+  if (!sig.cache_branch_input.empty()) {
+    fd.bufs.push_back(Buf{{static_cast<uint8_t>(has_cache ? 1 : 0)}, {1}, io::DType::BOOL});
+    fd.names.push_back(sig.cache_branch_input.c_str());
+  }
+}
 }  // namespace
 
 void Decoder::run_chain(State& st, const StepFeed& f, std::vector<float>& out) {
@@ -376,19 +394,7 @@ void Decoder::run_chain(State& st, const StepFeed& f, std::vector<float>& out) {
     }
   }
   Feeds fd;
-  token_inputs(sig, f, hidden_, fd);
-  if (!sig.mask_input.empty()) {
-    fd.bufs.push_back(index_buf(mask, {B, W}, sig.mask_dtype));
-    fd.names.push_back(sig.mask_input.c_str());
-  }
-  if (!sig.position_input.empty()) {
-    fd.bufs.push_back(index_buf(pos, {B, S}, sig.position_dtype));
-    fd.names.push_back(sig.position_input.c_str());
-  }
-  if (!sig.cache_branch_input.empty()) {
-    fd.bufs.push_back(Buf{{static_cast<uint8_t>(st.width > 0 ? 1 : 0)}, {1}, io::DType::BOOL});
-    fd.names.push_back(sig.cache_branch_input.c_str());
-  }
+  step_inputs(sig, f, hidden_, mask, W, pos, st.width > 0, fd);
   std::vector<Ort::Value> vals;
   for (auto& b : fd.bufs) vals.push_back(b.value());
   if (sig.has_past) {
@@ -444,19 +450,7 @@ void Decoder::run_shared(State& st, int64_t row, const StepFeed& f, std::vector<
     for (int64_t i = 0; i < S; ++i) pos[static_cast<size_t>(b * S + i)] = len + i;
   }
   Feeds fd;
-  token_inputs(sig, f, hidden_, fd);
-  if (!sig.mask_input.empty()) {
-    fd.bufs.push_back(index_buf(mask, {B, W}, sig.mask_dtype));
-    fd.names.push_back(sig.mask_input.c_str());
-  }
-  if (!sig.position_input.empty()) {
-    fd.bufs.push_back(index_buf(pos, {B, S}, sig.position_dtype));
-    fd.names.push_back(sig.position_input.c_str());
-  }
-  if (!sig.cache_branch_input.empty()) {
-    fd.bufs.push_back(Buf{{1}, {1}, io::DType::BOOL});
-    fd.names.push_back(sig.cache_branch_input.c_str());
-  }
+  step_inputs(sig, f, hidden_, mask, W, pos, true, fd);
   std::vector<Ort::Value> vals;
   for (auto& b : fd.bufs) vals.push_back(b.value());
 

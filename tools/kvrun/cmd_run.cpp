@@ -62,27 +62,6 @@ struct GenFlags {
   }
 };
 
-std::vector<TokenId> parse_id_list(const std::string& s) {
-  std::vector<TokenId> ids;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.empty()) continue;
-    size_t pos = 0;
-    long long v = -1;
-    try {
-      v = std::stoll(item, &pos);
-    } catch (const std::exception&) {
-      pos = 0;
-    }
-    if (pos != item.size() || v < 0 || v > INT32_MAX)
-      throw Error("--prompt-ids: expected comma-separated non-negative integer ids, found '" + item + "'");
-    ids.push_back(static_cast<TokenId>(v));
-  }
-  if (ids.empty()) throw Error("--prompt-ids: no ids given");
-  return ids;
-}
-
 void print_stats(const GenerationStats& s) {
   std::fprintf(stderr,
                "prompt %lld tokens (%lld reused from cache) | prefill %.1f tok/s | time to first token %.3f s | "
@@ -116,6 +95,26 @@ std::string render_chat(const Model& m, const nlohmann::ordered_json& messages, 
 
 }  // namespace
 
+std::vector<int64_t> parse_id_list(const std::string& s, const std::string& flag) {
+  std::vector<int64_t> ids;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    size_t pos = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(item, &pos);
+    } catch (const std::exception&) {
+      pos = 0;
+    }
+    if (pos != item.size() || v < 0 || v > INT32_MAX)
+      throw Error(flag + ": expected comma-separated non-negative integer ids, found '" + item + "'");
+    ids.push_back(v);
+  }
+  return ids;
+}
+
 Command add_run_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "run",
@@ -144,7 +143,9 @@ Command add_run_command(CLI::App& app) {
             if (*info) std::fputs(m->info().to_text().c_str(), stderr);
             std::vector<Prompt> ps;
             if (!prompt_ids->empty()) {
-              ps.push_back(Prompt().ids(parse_id_list(*prompt_ids)));
+              const std::vector<int64_t> ids = parse_id_list(*prompt_ids, "--prompt-ids");
+              if (ids.empty()) throw Error("--prompt-ids: no ids given");
+              ps.push_back(Prompt().ids(std::vector<TokenId>(ids.begin(), ids.end())));
             } else {
               for (const auto& p : *prompts) {
                 if (*raw || !m->info().chat_template) {

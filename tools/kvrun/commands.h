@@ -3,7 +3,10 @@
 // on error (main prints `kvrun: error: ...` and exits 2) or return an exit code.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <functional>
+#include <string>
+#include <vector>
 
 namespace kvrun::cli {
 
@@ -13,6 +16,9 @@ struct Command {
 };
 
 // kvrun tokenize (cmd_tokenize.cpp)
+// "1,2,3" -> ids; throws kvrun::Error naming `flag` and the bad item. Empty string -> empty list.
+std::vector<int64_t> parse_id_list(const std::string& s, const std::string& flag);
+
 Command add_tokenize_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
 Command add_chat_command(CLI::App& app);

@@ -15,25 +15,6 @@
 
 namespace {
 
-std::vector<int64_t> parse_ids(const std::string& s) {
-  std::vector<int64_t> ids;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.empty()) continue;
-    size_t pos = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(item, &pos);
-    } catch (const std::exception&) {
-      pos = 0;
-    }
-    if (pos != item.size()) throw kvrun::Error("expected comma-separated integer ids, found '" + item + "'");
-    ids.push_back(v);
-  }
-  return ids;
-}
-
 // One progress bar per stage name, drawn on stderr.
 struct StageProgress {
   bool enabled;
@@ -154,7 +135,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*verify) {
-      vo.prompt = parse_ids(prompt_ids);
+      vo.prompt = kvrun::cli::parse_id_list(prompt_ids, "--prompt-ids");
       const kvrun::VerifyReport r = kvrun::verify_package(vo);
       std::fputs(verify_json ? (r.to_json() + "\n").c_str() : r.to_text().c_str(), stdout);
       return r.passed ? 0 : 1;
