@@ -368,7 +368,6 @@ class Engine : public Model {
     StepFeed f;
     if (dec_.shared() && B > 1) {
       std::vector<float> row_logits;
-      logits.resize(static_cast<size_t>(B * dec_.vocab()));
       for (int64_t r = 0; r < B; ++r) {
         const Positions& p = ps[static_cast<size_t>(r)];
         const auto n = static_cast<int64_t>(p.ids.size());
@@ -376,7 +375,8 @@ class Engine : public Model {
           fill_feed(f, {&p}, {0}, n, a, std::min(n, a + chunk));
           dec_.step_row(st, r, f, row_logits);
         }
-        std::copy(row_logits.begin(), row_logits.end(), logits.begin() + r * dec_.vocab());
+        if (r == 0) logits.assign(static_cast<size_t>(B) * row_logits.size(), 0.f);
+        std::copy(row_logits.begin(), row_logits.end(), logits.begin() + r * static_cast<int64_t>(row_logits.size()));
       }
     } else {
       std::vector<const Positions*> rows;
