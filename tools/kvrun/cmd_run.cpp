@@ -63,6 +63,7 @@ struct GenFlags {
 };
 
 void print_stats(const GenerationStats& s) {
+  std::fflush(stdout);  // keep the order of text (stdout) and stats (stderr) when both go to one file
   std::fprintf(stderr,
                "prompt %lld tokens (%lld reused from cache) | prefill %.1f tok/s | time to first token %.3f s | "
                "generated %lld tokens | decode %.1f tok/s\n",
