@@ -20,26 +20,6 @@ namespace {
 
 constexpr double kFp32Tol = 1e-4;  // max |logit - HF logit| for fp32 builds
 
-struct Golden {
-  std::vector<std::vector<int64_t>> prompts, greedy;
-  std::unique_ptr<io::TensorStore> logits;
-  std::vector<float> prompt_logits(size_t k) const {
-    return logits->get("prompt" + std::to_string(k) + ".logits").to_f32();
-  }
-  std::vector<float> continuation_logits(size_t k) const {
-    return logits->get("prompt" + std::to_string(k) + ".continuation_logits").to_f32();
-  }
-};
-
-Golden load_golden(const std::string& name) {
-  const nlohmann::json j = io::read_json_file(fixture(name) / "golden.json");
-  Golden g;
-  g.prompts = j.at("prompts").get<std::vector<std::vector<int64_t>>>();
-  g.greedy = j.at("greedy").get<std::vector<std::vector<int64_t>>>();
-  g.logits = std::make_unique<io::TensorStore>(fixture(name) / j.at("logits_file").get<std::string>());
-  return g;
-}
-
 double max_abs_diff(const float* a, const float* b, size_t n) {
   double m = 0;
   for (size_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));

@@ -27,20 +27,6 @@ namespace kvrun::test {
 namespace {
 namespace fs = std::filesystem;
 
-struct Golden {
-  std::vector<std::vector<int64_t>> prompts, greedy;
-  std::unique_ptr<io::TensorStore> logits;
-};
-
-Golden load_golden(const std::string& name) {
-  const nlohmann::json j = io::read_json_file(fixture(name) / "golden.json");
-  Golden g;
-  g.prompts = j.at("prompts").get<std::vector<std::vector<int64_t>>>();
-  g.greedy = j.at("greedy").get<std::vector<std::vector<int64_t>>>();
-  g.logits = std::make_unique<io::TensorStore>(fixture(name) / j.at("logits_file").get<std::string>());
-  return g;
-}
-
 int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
 
 double kl(const float* p, const float* q, int64_t n) {
@@ -88,7 +74,7 @@ void measure(const fs::path& pkg, const std::string& fx, Agreement& a) {
   runtime::PackageModel model(pkg);
   const int64_t V = model.vocab_size();
   for (size_t k = 0; k < g.prompts.size(); ++k) {
-    const std::vector<float> hf = g.logits->get("prompt" + std::to_string(k) + ".continuation_logits").to_f32();
+    const std::vector<float> hf = g.continuation_logits(k);
     std::vector<int64_t> seq = g.prompts[k];
     seq.insert(seq.end(), g.greedy[k].begin(), g.greedy[k].end() - 1);
     auto st = model.new_state();

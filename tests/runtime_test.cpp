@@ -21,16 +21,19 @@ namespace {
 using test::built_package;
 using test::fixture;
 
+// The shared goldens (test::load_golden) with ids as TokenId.
 struct Golden {
   std::vector<std::vector<TokenId>> prompts, greedy;
 };
 
 Golden golden(const std::string& name) {
-  const auto j = io::read_json_file(fixture(name) / "golden.json");
-  Golden g;
-  for (const auto& p : j["prompts"]) g.prompts.push_back(p.get<std::vector<TokenId>>());
-  for (const auto& p : j["greedy"]) g.greedy.push_back(p.get<std::vector<TokenId>>());
-  return g;
+  const test::Golden t = test::load_golden(name);
+  auto ids = [](const std::vector<std::vector<int64_t>>& v) {
+    std::vector<std::vector<TokenId>> out;
+    for (const auto& r : v) out.emplace_back(r.begin(), r.end());
+    return out;
+  };
+  return {ids(t.prompts), ids(t.greedy)};
 }
 
 GenerationOptions greedy_opts(int64_t n = 32) {

@@ -8,6 +8,9 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
+
+#include "io/fs.h"
 
 namespace kvrun::test {
 namespace fs = std::filesystem;
@@ -64,6 +67,23 @@ CliResult run_cli(const std::vector<std::string>& args, const std::string& stdin
   const int status = ::pclose(p);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+std::vector<float> Golden::prompt_logits(size_t k) const {
+  return logits->get("prompt" + std::to_string(k) + ".logits").to_f32();
+}
+
+std::vector<float> Golden::continuation_logits(size_t k) const {
+  return logits->get("prompt" + std::to_string(k) + ".continuation_logits").to_f32();
+}
+
+Golden load_golden(const std::string& name) {
+  const nlohmann::json j = io::read_json_file(fixture(name) / "golden.json");
+  Golden g;
+  g.prompts = j.at("prompts").get<std::vector<std::vector<int64_t>>>();
+  g.greedy = j.at("greedy").get<std::vector<std::vector<int64_t>>>();
+  g.logits = std::make_unique<io::TensorStore>(fixture(name) / j.at("logits_file").get<std::string>());
+  return g;
 }
 
 }  // namespace kvrun::test

@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "io/safetensors.h"
 #include "kvrun/build.h"
 
 namespace kvrun::test {
@@ -24,6 +26,16 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// A fixture's Hugging Face goldens (tools/make_goldens.py): prompts, greedy
+// continuations and the recorded logits.
+struct Golden {
+  std::vector<std::vector<int64_t>> prompts, greedy;
+  std::unique_ptr<io::TensorStore> logits;
+  std::vector<float> prompt_logits(size_t k) const;        // [len_k, vocab]
+  std::vector<float> continuation_logits(size_t k) const;  // [len_k + 32, vocab]
+};
+Golden load_golden(const std::string& fixture_name);
 
 // Builds (once per test binary run) the package for fixture x target x precision.
 std::filesystem::path built_package(const std::string& fixture_name, const std::string& target,
