@@ -24,6 +24,14 @@ int64_t TensorView::numel() const {
   return n;
 }
 
+void TensorView::row_f32(int64_t r, float* out) const {
+  if (shape.size() != 2) throw Error(name + ": expected a rank-2 table, found shape " + shape_str(shape));
+  if (r < 0 || r >= shape[0])
+    throw Error("token id " + std::to_string(r) + " is outside the vocabulary [0, " + std::to_string(shape[0]) + ")");
+  const auto width = static_cast<size_t>(shape[1]);
+  io::to_f32(dtype, data + static_cast<size_t>(r) * width * dtype_size(dtype), out, width);
+}
+
 std::vector<float> TensorView::to_f32() const {
   std::vector<float> out(static_cast<size_t>(numel()));
   io::to_f32(dtype, data, out.data(), out.size());

@@ -28,6 +28,9 @@ struct TensorView {
   int64_t numel() const;
   // Copies (and converts) the tensor to float32.
   std::vector<float> to_f32() const;
+  // Row `r` of a rank-2 tensor (an embedding table) as float32 into `out` (shape[1]
+  // values). Throws kvrun::Error when r is outside [0, shape[0]).
+  void row_f32(int64_t r, float* out) const;
 };
 
 std::string shape_str(const std::vector<int64_t>& shape);

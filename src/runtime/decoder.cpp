@@ -197,13 +197,7 @@ std::vector<float> Decoder::embed(const std::vector<TokenId>& ids) const {
   const auto H = static_cast<size_t>(hidden_);
   std::vector<float> out(ids.size() * H);
   if (table_) {
-    const int64_t V = table_->shape[0];
-    const size_t es = io::dtype_size(table_->dtype);
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] < 0 || ids[i] >= V)
-        throw Error("token id " + std::to_string(ids[i]) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
-      io::to_f32(table_->dtype, table_->data + static_cast<size_t>(ids[i]) * H * es, out.data() + i * H, H);
-    }
+    for (size_t i = 0; i < ids.size(); ++i) table_->row_f32(ids[i], out.data() + i * H);
     return out;
   }
   if (!embed_session_)

@@ -36,16 +36,9 @@ PackageModel::State PackageModel::new_state() const {
 
 std::vector<float> PackageModel::embed(const std::vector<int64_t>& ids) const {
   const io::TensorView& t = embedding_->get(m_.embedding_tensor);
-  const int64_t H = m_.hidden_size;
-  const size_t es = io::dtype_size(t.dtype);
-  std::vector<float> out(ids.size() * static_cast<size_t>(H));
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= m_.vocab_size)
-      throw Error("token id " + std::to_string(ids[i]) + " is outside the vocabulary [0, " +
-                  std::to_string(m_.vocab_size) + ")");
-    io::to_f32(t.dtype, t.data + static_cast<size_t>(ids[i] * H) * es, out.data() + i * static_cast<size_t>(H),
-               static_cast<size_t>(H));
-  }
+  const auto H = static_cast<size_t>(m_.hidden_size);
+  std::vector<float> out(ids.size() * H);
+  for (size_t i = 0; i < ids.size(); ++i) t.row_f32(ids[i], out.data() + i * H);
   return out;
 }
 
