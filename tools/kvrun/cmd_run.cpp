@@ -62,6 +62,13 @@ struct GenFlags {
   }
 };
 
+// Streams generated text to stdout as it comes.
+bool print_piece(size_t, TokenId, const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+  return true;
+}
+
 void print_stats(const GenerationStats& s) {
   std::fflush(stdout);  // keep the order of text (stdout) and stats (stderr) when both go to one file
   std::fprintf(stderr,
@@ -162,12 +169,7 @@ Command add_run_command(CLI::App& app) {
             // Stream text as it comes for one prompt without --json; batches print at the end.
             const bool streaming = ps.size() == 1 && !*json && m->tokenizer() && !*print_ids;
             StreamFn stream;
-            if (streaming)
-              stream = [](size_t, TokenId, const std::string& text) {
-                std::fwrite(text.data(), 1, text.size(), stdout);
-                std::fflush(stdout);
-                return true;
-              };
+            if (streaming) stream = print_piece;
             const auto rs = m->generate(ps, f->gen, stream);
             for (const auto& r : rs) {
               if (*json) {
@@ -218,12 +220,7 @@ Command add_chat_command(CLI::App& app) {
               if (line.empty()) continue;
               msgs.push_back({{"role", "user"}, {"content", line}});
               const std::string ctx = render_chat(*m, msgs, *f);
-              const GenerationResult r =
-                  seq->generate(Prompt().text(ctx), f->gen, [](size_t, TokenId, const std::string& t) {
-                    std::fwrite(t.data(), 1, t.size(), stdout);
-                    std::fflush(stdout);
-                    return true;
-                  });
+              const GenerationResult r = seq->generate(Prompt().text(ctx), f->gen, print_piece);
               std::printf("\n");
               if (f->stats) print_stats(r.stats);
               msgs.push_back({{"role", "assistant"}, {"content", r.text}});
