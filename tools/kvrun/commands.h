@@ -27,5 +27,7 @@ Command add_inspect_command(CLI::App& app);
 Command add_fix_command(CLI::App& app);
 // kvrun quantize (cmd_quantize.cpp)
 Command add_quantize_command(CLI::App& app);
+// kvrun bench (cmd_bench.cpp)
+Command add_bench_command(CLI::App& app);
 
 }  // namespace kvrun::cli

@@ -112,6 +112,7 @@ int main(int argc, char** argv) {
   commands.push_back(kvrun::cli::add_inspect_command(app));
   commands.push_back(kvrun::cli::add_fix_command(app));
   commands.push_back(kvrun::cli::add_quantize_command(app));
+  commands.push_back(kvrun::cli::add_bench_command(app));
 
   try {
     app.parse(argc, argv);
