@@ -1,5 +1,6 @@
 #include "runtime/ort_session.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "kvrun/error.h"
@@ -69,6 +70,8 @@ Ort::Session open_session(const std::filesystem::path& model, const SessionConfi
   if (!std::filesystem::exists(model)) throw Error(model.string() + ": no such model file");
   Ort::SessionOptions so;
   if (cfg.intra_op_threads > 0) so.SetIntraOpNumThreads(cfg.intra_op_threads);
+  // ONNX Runtime's per-node profile (docs/PERFORMANCE.md): KVRUN_ORT_PROFILE=<file prefix>.
+  if (const char* prof = std::getenv("KVRUN_ORT_PROFILE"); prof && *prof) so.EnableProfiling(prof);
   so.SetGraphOptimizationLevel(cfg.optimize ? GraphOptimizationLevel::ORT_ENABLE_ALL
                                             : GraphOptimizationLevel::ORT_ENABLE_BASIC);
   try {
