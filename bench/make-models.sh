@@ -71,7 +71,7 @@ if have genai; then
            -c "$BENCH_DIR/genai-cache" >"$BENCH_DIR/logs/genai-$prec.log" 2>&1; then
         rm -rf "$out" && mv "$out.tmp" "$out"
       else
-        log "GenAI builder failed for $prec (skipped); last lines:"; tail -n 8 "$BENCH_DIR/logs/genai-$prec.log"
+        log "GenAI builder failed for $prec (skipped); last lines:"; tail -n 8 "$BENCH_DIR/logs/genai-$prec.log" | cut -c1-300
       fi
     done
     rm -rf "$BENCH_DIR/genai-cache"
@@ -81,6 +81,15 @@ if have genai; then
 fi
 
 # --- GGUF (llama.cpp) -------------------------------------------------------------------
+quantize_q4_0() {  # llama.cpp's llama-quantize, through the Python binding
+  "$PY" - "$1" "$2" <<'PYEOF'
+import sys, llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+p.nthread = 2
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))
+PYEOF
+}
 if have gguf; then
   CONVERT=$(ls -d "$BENCH_DIR"/src/llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py 2>/dev/null | tail -n 1 || true)
   G=$MODELS/gguf
@@ -94,7 +103,7 @@ if have gguf; then
       log "convert_hf_to_gguf.py --outtype ${t,,} -> $out"
       "$PY" "$CONVERT" "$HF" --outtype "${t,,}" --outfile "$out.tmp" >"$BENCH_DIR/logs/gguf-$t.log" 2>&1 &&
         mv "$out.tmp" "$out" ||
-        { log "conversion to $t failed (skipped); last lines:"; tail -n 8 "$BENCH_DIR/logs/gguf-$t.log"; }
+        { log "conversion to $t failed (skipped); last lines:"; tail -n 8 "$BENCH_DIR/logs/gguf-$t.log" | cut -c1-300; }
     done
   fi
   out=$G/q06-Q4_0.gguf
@@ -102,18 +111,15 @@ if have gguf; then
     log "have $out"
   elif [[ ! -f $G/q06-F16.gguf ]]; then
     log "skip Q4_0: no F16 GGUF to quantize"
-  elif "$PY" -c 'import llama_cpp' 2>/dev/null; then
-    log "llama_model_quantize F16 -> $out"
-    "$PY" - "$G/q06-F16.gguf" "$out.tmp" <<'PYEOF' && mv "$out.tmp" "$out" || log "Q4_0 quantization failed (skipped)"
-import sys, llama_cpp
-p = llama_cpp.llama_model_quantize_default_params()
-p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
-p.nthread = 2
-rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p)
-sys.exit(rc)
-PYEOF
-  else
+  elif ! "$PY" -c 'import llama_cpp' 2>/dev/null; then
     log "skip Q4_0: llama-cpp-python not installed (bench/setup-peers.sh)"
+  else
+    log "llama_model_quantize F16 -> $out"
+    if quantize_q4_0 "$G/q06-F16.gguf" "$out.tmp" >"$BENCH_DIR/logs/gguf-Q4_0.log" 2>&1; then
+      mv "$out.tmp" "$out"
+    else
+      log "Q4_0 quantization failed (skipped; log: $BENCH_DIR/logs/gguf-Q4_0.log)"
+    fi
   fi
 fi
 
