@@ -1,6 +1,5 @@
 """Shared pieces of the bench/ runners: arguments, the prompt ids, statistics, the
-result JSON (schema kvrun-bench/1). Standard library only, except numpy for the ids
-when it is there."""
+result JSON (schema kvrun-bench/1). Standard library only."""
 import argparse
 import json
 import os
@@ -9,8 +8,10 @@ import random
 import resource
 import statistics
 import sys
+import time
 
 SCHEMA = "kvrun-bench/1"
+BUSY_AT_START = None
 SKIP = 3  # exit code of a runner whose engine is not installed / cannot run
 # Token ids are drawn below Qwen's special tokens (151643+) and above the byte range.
 ID_LOW, ID_HIGH = 1000, 150000
@@ -36,7 +37,26 @@ def parse_args(description, model_help):
     a = p.parse_args()
     if a.prompt_len < 1 or a.gen_len < 2 or a.runs < 1 or a.warmup < 0:
         p.error("need --prompt-len >= 1, --gen-len >= 2, --runs >= 1, --warmup >= 0")
+    global BUSY_AT_START
+    BUSY_AT_START = busy_cores()
     return a
+
+
+def busy_cores(interval=0.5):
+    """Cores kept busy by other work, measured from /proc/stat over `interval` seconds
+    before the runner loads anything (None off Linux). Other load skews every engine;
+    llama.cpp's spinning OpenMP threads collapse under it, so results record it."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(interval)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return round((1 - (i1 - i0) / max(t1 - t0, 1)) * (os.cpu_count() or 1), 2)
 
 
 def skip(msg):
@@ -62,7 +82,9 @@ WEIGHT_SUFFIXES = (".onnx", ".data", ".onnx_data", ".safetensors", ".gguf", ".bi
 
 
 def weights_bytes(path):
-    """Bytes of the weight/graph files of a model file or folder (not configs, tokenizers)."""
+    """Bytes of the weight/graph files of a model file or folder (not configs,
+    tokenizers). The peers report this as weights_bytes; every result also carries it
+    as model_bytes (kvrun bench's own weights_bytes is what one decode step reads)."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     total = 0
@@ -101,9 +123,15 @@ def result(args, engine, engine_version, variant, pre, ttft, dec, extra=None):
         "peak_rss_bytes": peak_rss_bytes(),
         "weights_bytes": weights_bytes(args.model),
     }
+    add_context(r, args.model)
     if extra:
         r.update(extra)
     return r
+
+
+def add_context(r, model):
+    r["model_bytes"] = weights_bytes(model)
+    r["busy_cores_at_start"] = BUSY_AT_START
 
 
 def emit(r):

@@ -60,6 +60,7 @@ def via_bench(args, kvrun, help_text):
     r.setdefault("engine_version", kvrun_version(kvrun))
     r["variant"] = args.variant or r.get("variant") or package_precision(args.model)
     r.setdefault("weights_bytes", common.weights_bytes(args.model))
+    common.add_context(r, args.model)
     return r
 
 

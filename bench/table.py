@@ -51,8 +51,8 @@ def main():
     if not rows:
         print(f"table: no results in {folder}", file=sys.stderr)
         return 1
-    rank = lambda r: (ORDER.index(r["engine"]) if r["engine"] in ORDER else len(ORDER),
-                      -r["weights_bytes"])
+    disk = lambda r: r.get("model_bytes", r["weights_bytes"])
+    rank = lambda r: (ORDER.index(r["engine"]) if r["engine"] in ORDER else len(ORDER), -disk(r))
     rows.sort(key=rank)
     ref = next((r for r in rows if (r["engine"], r["variant"]) == REFERENCE), None)
 
@@ -60,13 +60,13 @@ def main():
     print(f"Prompt {r0['prompt_len']} tokens, {r0['gen_len']} new tokens (greedy, EOS ignored), "
           f"{r0['threads']} threads, median (min–max) over {r0['runs']} runs after "
           f"{r0['warmup']} warm-up.\n")
-    print("| engine | variant | weights | prefill tok/s | decode tok/s | TTFT s | peak RSS "
+    print("| engine | variant | model size | prefill tok/s | decode tok/s | TTFT s | peak RSS "
           "| decode vs llama.cpp Q4_0 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         dec = r["decode_tokens_per_second"]
         ratio = f"{dec['median'] / ref['decode_tokens_per_second']['median']:.2f}x" if ref else "–"
-        print(f"| {r['engine']} | {r['variant']} | {size(r['weights_bytes'])} "
+        print(f"| {r['engine']} | {r['variant']} | {size(disk(r))} "
               f"| {stat(r['prefill_tokens_per_second'], lambda v: f'{v:.1f}')} "
               f"| {stat(dec, lambda v: f'{v:.2f}')} "
               f"| {stat(r['time_to_first_token_s'], lambda v: f'{v:.2f}')} "
@@ -76,6 +76,10 @@ def main():
               (r0["prompt_len"], r0["gen_len"], r0["threads"], r0["runs"])]
     if odd:
         print(f"\nNot measured with the same settings as the first row: {', '.join(odd)}.")
+    busy = [r["busy_cores_at_start"] for r in rows if r.get("busy_cores_at_start") is not None]
+    if busy and max(busy) > 0.2:
+        print(f"\nWarning: other work kept up to {max(busy):.1f} cores busy when a runner started; "
+              "take the numbers again on an idle machine.")
     print(f"\nMachine: {cpu_model()}, {os.cpu_count()} cores, {mem_total()} RAM, "
           f"{platform.system()} {platform.release()}.")
     versions = sorted({f"{r['engine']} {r.get('engine_version', '?')}" for r in rows})
