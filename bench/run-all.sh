@@ -28,6 +28,9 @@ llama.cpp-F16       run_llamacpp.py  $MODELS/gguf/q06-F16.gguf
 llama.cpp-Q8_0      run_llamacpp.py  $MODELS/gguf/q06-Q8_0.gguf
 llama.cpp-Q4_0      run_llamacpp.py  $MODELS/gguf/q06-Q4_0.gguf
 naive-ort-loop-fp32 run_naive.py     $MODELS/kvrun-portable-fp32
+node-llama-cpp-F16  run_node_llamacpp.py $MODELS/gguf/q06-F16.gguf
+node-llama-cpp-Q8_0 run_node_llamacpp.py $MODELS/gguf/q06-Q8_0.gguf
+node-llama-cpp-Q4_0 run_node_llamacpp.py $MODELS/gguf/q06-Q4_0.gguf
 "
 
 ran=() skipped=() failed=()

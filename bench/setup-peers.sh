@@ -19,6 +19,8 @@ ORT_VER=1.32.0
 GENAI_VER=0.18.0
 LLAMACPP_VER=0.3.36
 GGUF_VER=0.19.0
+ONNX_VER=1.23.2
+ONNX_IR_VER=1.1.0
 NODE_LLAMACPP_VER=3.22.1
 
 VENV="$BENCH_DIR/venv"
@@ -48,13 +50,13 @@ fi
 
 install_base() { "$PIP" install "numpy==$NUMPY_VER" "onnxruntime==$ORT_VER" "gguf==$GGUF_VER"; }
 
+# (try runs these in an `if`, where set -e is off: each step ends in `|| return`.)
 install_genai() {
-  "$PIP" install "onnxruntime-genai==$GENAI_VER" "onnxruntime==$ORT_VER" "numpy==$NUMPY_VER"
-  # The model builder needs torch, transformers and onnx; install what is missing.
+  "$PIP" install "onnxruntime-genai==$GENAI_VER" "onnxruntime==$ORT_VER" "numpy==$NUMPY_VER" || return
+  # The model builder imports torch, transformers, onnx and onnx_ir: add what is missing.
   "$VENV/bin/python" -c 'import torch, transformers' 2>/dev/null ||
-    "$PIP" install torch transformers safetensors
-  "$VENV/bin/python" -c 'import onnx' 2>/dev/null || "$PIP" install onnx
-  "$VENV/bin/python" -c 'import onnx_ir' 2>/dev/null || "$PIP" install onnx-ir || true
+    "$PIP" install torch transformers safetensors || return
+  "$VENV/bin/python" -c 'import onnx, onnx_ir' 2>/dev/null || "$PIP" install "onnx==$ONNX_VER" "onnx-ir==$ONNX_IR_VER" || return
   "$VENV/bin/python" -c 'import onnxruntime_genai as og; print("onnxruntime-genai", og.__version__)'
 }
 
@@ -64,16 +66,16 @@ install_llamacpp() {
   # vendor/llama.cpp/convert_hf_to_gguf.py.
   local src="$BENCH_DIR/src/llama_cpp_python-$LLAMACPP_VER"
   if [[ ! -d "$src" ]]; then
-    "$PIP" download --no-binary :all: --no-deps "llama-cpp-python==$LLAMACPP_VER" -d "$BENCH_DIR/src"
-    tar -xzf "$BENCH_DIR/src/llama_cpp_python-$LLAMACPP_VER.tar.gz" -C "$BENCH_DIR/src"
+    "$PIP" download --no-binary :all: --no-deps "llama-cpp-python==$LLAMACPP_VER" -d "$BENCH_DIR/src" || return
+    tar -xzf "$BENCH_DIR/src/llama_cpp_python-$LLAMACPP_VER.tar.gz" -C "$BENCH_DIR/src" || return
   fi
   CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
 -DLLAMA_OPENSSL=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF" \
   CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
-    "$PIP" install --no-cache-dir --no-binary llama-cpp-python "$src" "gguf==$GGUF_VER" "numpy==$NUMPY_VER"
-  # convert_hf_to_gguf.py imports these (sentencepiece, protobuf for some tokenizers)
-  "$PIP" install sentencepiece protobuf
+    "$PIP" install --no-cache-dir --no-binary llama-cpp-python "$src" "gguf==$GGUF_VER" "numpy==$NUMPY_VER" || return
+  # convert_hf_to_gguf.py imports torch (system site packages) and these
+  "$PIP" install sentencepiece protobuf || return
   "$VENV/bin/python" -c 'import llama_cpp; print("llama-cpp-python", llama_cpp.__version__)'
 }
 

@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 
-ORDER = ["kvrun", "onnxruntime-genai", "llama.cpp", "naive-ort-loop"]
+ORDER = ["kvrun", "onnxruntime-genai", "llama.cpp", "node-llama-cpp", "naive-ort-loop"]
 REFERENCE = ("llama.cpp", "Q4_0")
 
 
