@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """llama.cpp through llama-cpp-python: Llama(n_threads, n_ctx >= prompt + gen,
 n_batch 512). Prefill = eval(prompt ids) after a KV cache reset; then gen_len greedy
-tokens (argmax of the last logits; the first comes from the prefill logits, each
-later one costs one eval([token]))."""
+tokens (argmax of the last position's logits, read in place with
+llama_get_logits_ith; the first comes from the prefill logits, each later one costs
+one eval([token]))."""
 import os
 import time
 
@@ -24,16 +25,22 @@ def main():
                           n_threads=args.threads, n_threads_batch=args.threads,
                           seed=0, verbose=False)
 
+    n_vocab = llm.n_vocab()
+
+    def next_token():  # eval() keeps no logits unless logits_all: read llama.cpp's own
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+        return int(np.argmax(logits))
+
     def one_run(ids):
         llm.reset()  # n_tokens = 0: eval() drops the whole KV cache
         t0 = time.perf_counter()
         llm.eval(ids)
         t1 = time.perf_counter()
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = next_token()
         t2 = time.perf_counter()
         for _ in range(args.gen_len - 1):
             llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = next_token()
         t3 = time.perf_counter()
         if llm.n_tokens != args.prompt_len + args.gen_len - 1:
             raise SystemExit(f"run_llamacpp: {llm.n_tokens} tokens in context, "
