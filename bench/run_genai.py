@@ -49,7 +49,12 @@ def main():
         cfg = json.load(f)
     variant = os.path.basename(os.path.normpath(args.model)).removeprefix("genai-")
     pre, ttft, dec = common.run_loop(args, one_run)
-    common.emit(common.result(args, "onnxruntime-genai", og.__version__, variant, pre, ttft, dec,
+    try:  # GenAI runs on the onnxruntime package's library
+        from importlib.metadata import version
+        ort = f" (onnxruntime {version('onnxruntime')})"
+    except Exception:
+        ort = ""
+    common.emit(common.result(args, "onnxruntime-genai", og.__version__ + ort, variant, pre, ttft, dec,
                               {"context_length": cfg["model"].get("context_length")}))
 
 

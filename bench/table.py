@@ -12,15 +12,24 @@ ORDER = ["kvrun", "onnxruntime-genai", "llama.cpp", "node-llama-cpp", "naive-ort
 REFERENCE = ("llama.cpp", "Q4_0")
 
 
+SIMD = ["avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8"]
+
+
 def cpu_model():
+    """'model name' of /proc/cpuinfo plus the SIMD flags the engines' kernels pick from."""
+    name, flags = None, []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name is None:
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = value.split()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    simd = [f for f in SIMD if f in flags]
+    return (name or platform.processor() or "unknown CPU") + (f" ({', '.join(simd)})" if simd else "")
 
 
 def mem_total():
@@ -82,7 +91,7 @@ def main():
               "take the numbers again on an idle machine.")
     print(f"\nMachine: {cpu_model()}, {os.cpu_count()} cores, {mem_total()} RAM, "
           f"{platform.system()} {platform.release()}.")
-    versions = sorted({f"{r['engine']} {r.get('engine_version', '?')}" for r in rows})
+    versions = sorted({f"{r['engine']}: {r.get('engine_version', '?')}" for r in rows})
     print("Versions: " + "; ".join(versions) + ".")
     return 0
 
