@@ -27,7 +27,7 @@ mkdir -p "$MODELS" "$BENCH_DIR/logs"
 
 # --- the checkpoint -----------------------------------------------------------------
 if [[ ! -f $CKPT/config.json ]]; then
-  [[ -x $KVRUN ]] || { log "no checkpoint at $CKPT and no kvrun at $KVRUN (set KVRUN=...)"; exit 1; }
+  command -v "$KVRUN" >/dev/null || { log "no checkpoint at $CKPT and no kvrun at $KVRUN (set KVRUN=...)"; exit 1; }
   log "synthesizing $CKPT (Qwen3-0.6B shape, random bf16 weights)"
   "$KVRUN" synth-checkpoint --config configs/qwen3-0.6b.json -o "$CKPT"
 fi
@@ -50,7 +50,7 @@ kvrun_build() {  # kvrun_build NAME ARGS...
   "$KVRUN" build "$CKPT" -o "$out" --max-length 4096 -q "$@"
 }
 if have kvrun; then
-  if [[ -x $KVRUN ]]; then
+  if command -v "$KVRUN" >/dev/null; then
     kvrun_build kvrun-fp32
     kvrun_build kvrun-int8 --precision int8
     kvrun_build kvrun-int4 --precision int4
@@ -124,4 +124,4 @@ if have gguf; then
 fi
 
 log "models in $MODELS:"
-du -sh "$MODELS"/* "$MODELS"/gguf/* 2>/dev/null | grep -v '/hf-ckpt$' || true
+du -shL "$MODELS"/* "$MODELS"/gguf/* 2>/dev/null | grep -v '/hf-ckpt$' || true

@@ -10,6 +10,7 @@ stats from kvrun's own timers, peak RSS the largest of those processes)."""
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 
@@ -87,9 +88,10 @@ def via_run(args, kvrun):
 
 def main():
     args = common.parse_args(__doc__, "kvrun package folder")
-    kvrun = os.environ.get("KVRUN", "./build/kvrun")
-    if not (os.path.isfile(kvrun) and os.access(kvrun, os.X_OK)):
-        common.skip(f"no kvrun binary at {kvrun} (set KVRUN=/path/to/kvrun)")
+    kvrun = shutil.which(os.environ.get("KVRUN", "./build/kvrun"))
+    if not kvrun:
+        common.skip(f"no kvrun binary at {os.environ.get('KVRUN', './build/kvrun')} "
+                    "(set KVRUN=/path/to/kvrun)")
     if not os.path.isfile(os.path.join(args.model, "kvrun.json")):
         common.skip(f"no kvrun package at {args.model}; run bench/make-models.sh")
     help_text = has_bench(kvrun)

@@ -14,14 +14,14 @@ PEERS=${PEERS:-"base genai llamacpp"}
 NODE_FALLBACK=${NODE_FALLBACK:-auto}
 
 # Pinned versions: change them here, and note the change in bench/README.md.
-NUMPY_VER=2.4.6
-ORT_VER=1.32.0
-GENAI_VER=0.18.0
-LLAMACPP_VER=0.3.36
-GGUF_VER=0.19.0
-ONNX_VER=1.23.2
-ONNX_IR_VER=1.1.0
-NODE_LLAMACPP_VER=3.22.1
+NUMPY_VER=${NUMPY_VER:-2.4.6}
+ORT_VER=${ORT_VER:-1.32.0}
+GENAI_VER=${GENAI_VER:-0.18.0}
+LLAMACPP_VER=${LLAMACPP_VER:-0.3.36}
+GGUF_VER=${GGUF_VER:-0.19.0}
+ONNX_VER=${ONNX_VER:-1.23.2}
+ONNX_IR_VER=${ONNX_IR_VER:-1.1.0}
+NODE_LLAMACPP_VER=${NODE_LLAMACPP_VER:-3.22.1}
 
 VENV="$BENCH_DIR/venv"
 PIP="$VENV/bin/pip"
@@ -65,6 +65,9 @@ install_llamacpp() {
   # The unpacked source stays in .bench/src: make-models.sh uses its
   # vendor/llama.cpp/convert_hf_to_gguf.py.
   local src="$BENCH_DIR/src/llama_cpp_python-$LLAMACPP_VER"
+  if [[ -d $src ]] && "$VENV/bin/python" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMACPP_VER')" 2>/dev/null; then
+    echo "llama-cpp-python $LLAMACPP_VER already built"; return 0
+  fi
   if [[ ! -d "$src" ]]; then
     "$PIP" download --no-binary :all: --no-deps "llama-cpp-python==$LLAMACPP_VER" -d "$BENCH_DIR/src" || return
     tar -xzf "$BENCH_DIR/src/llama_cpp_python-$LLAMACPP_VER.tar.gz" -C "$BENCH_DIR/src" || return
