@@ -121,6 +121,9 @@ TEST(Bench, BadOptionsAreNamed) {
   o.prompt_lens = {};
   expect_error(o, "--prompt-len");
   o = small_options();
+  o.prompt_ids = {1, 2, 3};  // shorter than the prompts
+  expect_error(o, "--prompt-ids");
+  o = small_options();
   o.prompt_lens = {300};  // qwen3-tiny packages hold 256 positions
   expect_error(o, "maximum length");
 }
@@ -136,6 +139,9 @@ TEST(Bench, Cli) {
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j.at("prompt_len"), 3);
   EXPECT_EQ(j.at("gen_len"), 3);
+  r = test::run_cli({"bench", pkg, "--prompt-len", "3", "--gen-len", "2", "--runs", "1", "--no-bandwidth", "-q",
+                     "--prompt-ids", "7,8,9,10", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
   r = test::run_cli({"bench", pkg, "--prompt-len", "3,x"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.out.find("--prompt-len"), std::string::npos) << r.out;

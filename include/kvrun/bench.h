@@ -23,6 +23,7 @@ struct BenchOptions {
   int warmup = 1;                         // runs before those, not counted
   int threads = 0;                        // ONNX Runtime intra-op threads and bandwidth-probe threads; 0: one per core
   uint64_t seed = 0;                      // prompt ids are drawn from [0, vocab) with this seed
+  std::vector<int32_t> prompt_ids;        // when given: the prompt of length n is its first n ids
   bool probe_bandwidth = true;            // measure read bandwidth (about a second)
   int64_t bandwidth_bytes = 512LL << 20;  // buffer the probe reads (well above the last-level cache)
 

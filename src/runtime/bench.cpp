@@ -30,6 +30,10 @@ void BenchOptions::validate() const {
   if (runs < 1) throw Error("bench: --runs must be >= 1, found " + std::to_string(runs));
   if (warmup < 0) throw Error("bench: --warmup must be >= 0, found " + std::to_string(warmup));
   if (threads < 0) throw Error("bench: --threads must be >= 0, found " + std::to_string(threads));
+  for (int64_t n : prompt_lens)
+    if (!prompt_ids.empty() && static_cast<size_t>(n) > prompt_ids.size())
+      throw Error("bench: --prompt-ids holds " + std::to_string(prompt_ids.size()) +
+                  " ids, fewer than the prompt length " + std::to_string(n));
   if (bandwidth_bytes < (1 << 20)) throw Error("bench: the bandwidth probe needs at least 1 MiB");
 }
 
@@ -122,7 +126,8 @@ BenchReport bench(const fs::path& model, const BenchOptions& opt, const BenchPro
   std::mt19937_64 rng(opt.seed);
   for (int64_t plen : opt.prompt_lens) {
     std::vector<TokenId> ids(static_cast<size_t>(plen));
-    for (auto& id : ids) id = static_cast<TokenId>(rng() % static_cast<uint64_t>(vocab));
+    for (size_t i = 0; i < ids.size(); ++i)
+      ids[i] = opt.prompt_ids.empty() ? static_cast<TokenId>(rng() % static_cast<uint64_t>(vocab)) : opt.prompt_ids[i];
     GenerationOptions g;
     g.max_new_tokens = opt.gen_len;
     g.stop_at_eos = false;

@@ -11,7 +11,7 @@ namespace kvrun::cli {
 
 Command add_bench_command(CLI::App& app) {
   struct Flags {
-    std::string model, prompt_lens = "16,512";
+    std::string model, prompt_lens = "16,512", prompt_ids;
     BenchOptions o;
     bool json = false, quiet = false, no_bandwidth = false;
   };
@@ -29,12 +29,16 @@ Command add_bench_command(CLI::App& app) {
   c->add_option("--threads", f->o.threads, "ONNX Runtime intra-op threads and probe threads (0: one per core)")
       ->capture_default_str();
   c->add_option("--seed", f->o.seed, "Seed of the random prompt ids")->capture_default_str();
+  c->add_option("--prompt-ids", f->prompt_ids,
+                "Comma-separated ids to take the prompts from (the first n for length n) instead of random ids");
   c->add_flag("--no-bandwidth", f->no_bandwidth, "Skip the memory-bandwidth probe (no roofline)");
   c->add_flag("--json", f->json, "One JSON object per prompt length (schema kvrun-bench/1, docs/bench.md)");
   c->add_flag("-q,--quiet", f->quiet, "No progress on stderr");
   return {c, [f] {
             f->o.prompt_lens.clear();
             for (int64_t n : parse_id_list(f->prompt_lens, "--prompt-len")) f->o.prompt_lens.push_back(n);
+            for (int64_t id : parse_id_list(f->prompt_ids, "--prompt-ids"))
+              f->o.prompt_ids.push_back(static_cast<int32_t>(id));
             f->o.probe_bandwidth = !f->no_bandwidth;
             std::unique_ptr<io::Progress> bar;
             BenchProgressFn progress;
