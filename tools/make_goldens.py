@@ -216,13 +216,27 @@ def build(name, cfg_cls, model_cls, cfg_kwargs, seed, std, head_std, save_dtype,
         gen_cfg = json.load(f)
     assert gen_cfg.get("bos_token_id") == 1 and gen_cfg.get("eos_token_id") == 2, gen_cfg
 
+    prompts = make_prompts(config.vocab_size)
+    print(f"== {name}: seed {seed}, std {std}, lm_head std {head_std}, saved {str(save_dtype).replace('torch.', '')}, config {style}")
+    record_goldens(d, name, prompts, model)
+
+
+def record_goldens(d, name, prompts, model=None):
+    """Records golden.json and golden_logits.safetensors for the checkpoint saved in `d`.
+
+    The references come from the checkpoint re-loaded from disk (float32, eager attention, CPU);
+    `model`, when given, is the in-memory model that was saved: the reload must reproduce its
+    weights exactly. Greedy generation runs with EOS disabled, NEW_TOKENS new ids per prompt.
+    Prints the files, tensor shapes and top-1/top-2 statistics of the recorded logits.
+    """
     # All references come from the on-disk checkpoint, in float32.
     ref = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
     assert ref.dtype == torch.float32
-    with torch.no_grad():  # the reload must reproduce the weights exactly (bf16 upcast for the bf16 fixture)
-        src = dict(model.named_parameters())
-        for n, p in ref.named_parameters():
-            assert torch.equal(p, src[n].float()), n
+    if model is not None:
+        with torch.no_grad():  # the reload must reproduce the weights exactly (bf16 upcast for the bf16 fixture)
+            src = dict(model.named_parameters())
+            for n, p in ref.named_parameters():
+                assert torch.equal(p, src[n].float()), n
 
     # Disable EOS for generate(): a GenerationConfig with eos_token_id=None passed to generate() does
     # not work in transformers 5 (qwen2-tiny stopped on token 2): generate() fills None fields from
@@ -232,7 +246,6 @@ def build(name, cfg_cls, model_cls, cfg_kwargs, seed, std, head_std, save_dtype,
     ref.generation_config.eos_token_id = None
     ref.generation_config.pad_token_id = None
 
-    prompts = make_prompts(config.vocab_size)
     tensors, greedy, gaps, probs = {}, [], [], []
     with torch.no_grad():
         for k, ids in enumerate(prompts):
@@ -268,7 +281,6 @@ def build(name, cfg_cls, model_cls, cfg_kwargs, seed, std, head_std, save_dtype,
 
     gaps = torch.cat(gaps)
     probs = torch.cat(probs)
-    print(f"== {name}: seed {seed}, std {std}, lm_head std {head_std}, saved {str(save_dtype).replace('torch.', '')}, config {style}")
     print(f"   files: {sorted(os.listdir(d))}")
     for k in sorted(tensors):
         print(f"   {k}: {list(tensors[k].shape)}")
