@@ -81,21 +81,26 @@ Blocks quantize_blocks(const WeightView& v, int bits, int64_t bs, bool sym) {
   for (int64_t n = 0; n < v.N; ++n)
     for (int64_t b = 0; b < r.kb; ++b) {
       const int64_t k0 = b * bs, k1 = std::min(v.K, k0 + bs);
-      float mn = 0, mx = 0, amax = 0;
+      float mn = 0, mx = 0, amax = 0, signed_max = 0;
       for (int64_t k = k0; k < k1; ++k) {
         const float x = v.at(n, k);
-        mn = std::min(mn, x), mx = std::max(mx, x), amax = std::max(amax, std::fabs(x));
+        mn = std::min(mn, x), mx = std::max(mx, x);
+        if (std::fabs(x) > amax) amax = std::fabs(x), signed_max = x;
       }
       float scale;
       int zp;
       if (sym) {
-        scale = amax / static_cast<float>((1 << (bits - 1)) - 1);
+        // As ONNX Runtime's blockwise quantizer (MLAS) and llama.cpp's Q4_0: the element of largest
+        // magnitude maps to code 0 (-2^(bits-1)), so all 2^bits codes are used and the step is
+        // max|w| / 2^(bits-1), not max|w| / (2^(bits-1) - 1). The scale carries that element's sign
+        // (negative when it is positive); elements of the other sign clamp at +2^(bits-1) - 1.
+        scale = signed_max / -static_cast<float>(1 << (bits - 1));
         zp = 1 << (bits - 1);
       } else {
         scale = (mx - mn) / static_cast<float>(qmax);
         zp = scale > 0 ? std::clamp(static_cast<int>(std::lround(-mn / scale)), 0, qmax) : 0;
       }
-      const float inv = scale > 0 ? 1.f / scale : 0.f;
+      const float inv = scale != 0 ? 1.f / scale : 0.f;
       r.scales[static_cast<size_t>(n * r.kb + b)] = scale;
       uint8_t* blob = r.B.data() + (n * r.kb + b) * r.blob;
       for (int64_t j = 0; j < bs; ++j) {
