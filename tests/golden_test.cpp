@@ -28,7 +28,8 @@ double max_abs_diff(const float* a, const float* b, size_t n) {
 
 int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
 
-const std::vector<std::string> kFixtures = {"qwen3-tiny", "qwen2-tiny", "llama-tiny", "qwen3-tiny-bf16"};
+const std::vector<std::string> kFixtures = {"qwen3-tiny", "qwen2-tiny", "llama-tiny", "qwen3-tiny-bf16",
+                                            "qwen3-trained"};
 
 class Golden_ : public ::testing::TestWithParam<std::string> {};
 

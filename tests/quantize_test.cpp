@@ -92,8 +92,9 @@ const std::vector<std::string> kFixtures = {"qwen3-tiny", "qwen2-tiny", "llama-t
 // Floors for the tiny random fixtures. Their logits are chaotic in the weights (std 0.25 at
 // fan-in 64: each projection doubles a perturbation), so weight noise that is harmless on
 // trained models flips many near tokens here: fp16 (2^-11 relative) already stays just
-// above 99%, int8 (~2^-8) lands near 91%, int4 (~2^-4) near 40%. The verify gates
-// (98% / 90%, docs/verify.md) are for real checkpoints; the numbers are in PERFORMANCE.md.
+// above 99%, int8 (~2^-8) lands near 91%, int4 (~2^-4) near 40%. These floors are regression
+// checks; the verify gates (98% / 90%, docs/verify.md) are tested on the trained fixture
+// (QuantTrained below). The numbers are in PERFORMANCE.md.
 void check_mode(const std::string& target, const std::string& mode, double min_rate, double max_kl) {
   Agreement a;
   uint64_t before = 0, after = 0;
@@ -119,6 +120,50 @@ TEST(QuantGolden, OrtInt8) { check_mode("ort", "int8", 0.88, 0.05); }
 TEST(QuantGolden, OrtInt4) { check_mode("ort", "int4", 0.30, 3.0); }
 TEST(QuantGolden, PortableInt8Dynamic) { check_mode("portable", "int8-dynamic", 0.80, 0.15); }
 TEST(QuantGolden, PortableInt8) { check_mode("portable", "int8", 0.88, 0.05); }
+
+// The trained fixture (tests/fixtures/qwen3-trained, tools/make_trained_fixture.py: a 4-layer
+// Qwen3 trained on English text, prompts from held-out text, 449 positions) responds to weight
+// noise like a real checkpoint, so it is held to the verify gates themselves: int8 >= 98%,
+// int4 >= 90% (measured, PERFORMANCE.md: int8 99.1% ort / 99.3% portable, int4 93.1%).
+void check_trained(const std::string& target, const std::string& mode, double min_rate, double max_kl) {
+  const std::string fx = "qwen3-trained";
+  const fs::path pkg = quantized_package(fx, target, mode);
+  Agreement a;
+  measure(pkg, fx, a);
+  std::printf("[ %s %s %s ] argmax agreement %.2f%% over %lld positions, mean KL %.3e, package %.1f KB -> %.1f KB\n",
+              fx.c_str(), mode.c_str(), target.c_str(), 100 * a.rate(), static_cast<long long>(a.total), a.mean_kl(),
+              static_cast<double>(folder_bytes(built_package(fx, target, "fp32"))) / 1e3,
+              static_cast<double>(folder_bytes(pkg)) / 1e3);
+  EXPECT_GE(a.rate(), min_rate) << fx << " " << mode << " " << target;
+  EXPECT_LE(a.mean_kl(), max_kl) << fx << " " << mode << " " << target;
+}
+
+TEST(QuantTrained, OrtInt8) { check_trained("ort", "int8", 0.98, 5e-4); }
+TEST(QuantTrained, OrtInt4) { check_trained("ort", "int4", 0.90, 3e-2); }
+TEST(QuantTrained, PortableInt8) { check_trained("portable", "int8", 0.98, 5e-4); }
+// int8-dynamic is judged as int8 by verify, but does not reach 98% here: 97.8% on both targets
+// (10 of 449 positions flip, all where HF's top two logits are close), mean KL 6.8e-4, ~3.7x
+// int8 weight-only. Its weights have 7 bits (reduce_range, docs/quantize.md) and its activations
+// are quantized per tensor at run time. So this floor is the measured value, not the gate.
+TEST(QuantTrained, OrtInt8Dynamic) { check_trained("ort", "int8-dynamic", 0.97, 1.5e-3); }
+TEST(QuantTrained, PortableInt8Dynamic) { check_trained("portable", "int8-dynamic", 0.97, 1.5e-3); }
+
+// kvrun verify (default prompt, 64 greedy tokens, 68 positions) accepts the trained fixture's
+// int8 and int4 packages by the argmax gate (the reference is not flat).
+TEST(QuantTrained, VerifyAcceptsInt8AndInt4) {
+  for (const auto& [target, mode] :
+       std::vector<std::pair<std::string, std::string>>{{"ort", "int8"}, {"ort", "int4"}, {"portable", "int8"}}) {
+    const fs::path pkg = quantized_package("qwen3-trained", target, mode);
+    const CliResult r = run_cli({"verify", pkg.string(), "--greedy-tokens", "64", "--json"});
+    EXPECT_EQ(r.exit_code, 0) << target << " " << mode << "\n" << r.out;
+    const auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+    std::printf("[ verify qwen3-trained %s %s ] argmax agreement %.1f%%, mean KL %.2e\n", mode.c_str(), target.c_str(),
+                100 * j.at("argmax_agreement").get<double>(), j.at("mean_kl").get<double>());
+    EXPECT_TRUE(j.at("passed").get<bool>()) << r.out;
+    EXPECT_FALSE(j.at("flat_reference").get<bool>()) << r.out;
+    EXPECT_GE(j.at("argmax_agreement").get<double>(), mode == "int4" ? 0.90 : 0.98) << r.out;
+  }
+}
 
 // The quantized graphs use the ops each mode promises; portable ones stay standard.
 TEST(QuantGraph, OpsPerModeAndTarget) {
