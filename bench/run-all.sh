@@ -2,7 +2,7 @@
 # Runs every engine/variant that is available, one process each, one after the other,
 # writes bench/results/<engine>-<variant>.json and prints the Markdown table.
 #   bash bench/run-all.sh [--prompt-len 512] [--gen-len 128] [--runs 5] [--warmup 1] [--threads 2]
-# Env: KVRUN (./build/kvrun), MODELS (.bench/models), RESULTS (bench/results),
+# Env: PASSES (1; >1 repeats the job list, interleaving engines), KVRUN (./build/kvrun), MODELS (.bench/models), RESULTS (bench/results),
 #      ONLY (space-separated job names to run, e.g. "kvrun-int4 llama.cpp-Q4_0"),
 #      KVRUN_BENCH_ARGS (extra `kvrun bench` options), KVRUN_VIA_RUN=1 (see run_kvrun.py)
 set -euo pipefail
@@ -33,13 +33,18 @@ node-llama-cpp-Q8_0 run_node_llamacpp.py $MODELS/gguf/q06-Q8_0.gguf
 node-llama-cpp-Q4_0 run_node_llamacpp.py $MODELS/gguf/q06-Q4_0.gguf
 "
 
+# PASSES > 1 runs the whole job list that many times, so that drift over time (minutes
+# apart, ~10-15% here) hits every engine alike; table.py takes the median of the medians.
+PASSES=${PASSES:-1}
 ran=() skipped=() failed=()
+for ((pass = 1; pass <= PASSES; pass++)); do
 while read -r name runner model; do
   [[ -n $name ]] || continue
   [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || continue
+  ((pass > 1)) || rm -f "$RESULTS/$name".json "$RESULTS/$name".pass*.json
   out=$RESULTS/$name.json
-  rm -f "$out"
-  echo "== $name ($model)" >&2
+  ((PASSES == 1)) || out=$RESULTS/$name.pass$pass.json
+  echo "== $name ($model), pass $pass/$PASSES" >&2
   if [[ ! -e $model ]]; then
     echo "skip: $model not built (bench/make-models.sh)" >&2; skipped+=("$name"); continue
   fi
@@ -53,6 +58,7 @@ while read -r name runner model; do
     rm -f "$out.tmp"; failed+=("$name"); echo "FAILED: $name (exit $rc)" >&2
   fi
 done <<<"$JOBS"
+done
 
 echo "ran: ${ran[*]:-none}; skipped: ${skipped[*]:-none}; failed: ${failed[*]:-none}" >&2
 python3 bench/table.py "$RESULTS" || true

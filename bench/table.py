@@ -49,6 +49,28 @@ def stat(s, fmt):
     return f"{fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])})"
 
 
+def combine_passes(rows):
+    """Results of one engine/variant from several passes (run-all.sh PASSES > 1) -> one row:
+    median of the per-pass medians, min of the mins, max of the maxes, largest peak RSS."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["engine"], r["variant"], r["prompt_len"], r["gen_len"]), []).append(r)
+    out = []
+    for group in groups.values():
+        r = dict(group[0])
+        if len(group) > 1:
+            for key in ("prefill_tokens_per_second", "decode_tokens_per_second", "time_to_first_token_s"):
+                meds = sorted(g[key]["median"] for g in group)
+                n = len(meds)
+                r[key] = {"median": meds[n // 2] if n % 2 else (meds[n // 2 - 1] + meds[n // 2]) / 2,
+                          "min": min(g[key]["min"] for g in group), "max": max(g[key]["max"] for g in group)}
+            r["peak_rss_bytes"] = max(g["peak_rss_bytes"] for g in group)
+            r["runs"] = sum(g["runs"] for g in group)
+            r["passes"] = len(group)
+        out.append(r)
+    return out
+
+
 def main():
     folder = sys.argv[1] if len(sys.argv) > 1 else "bench/results"
     rows = []
@@ -60,15 +82,17 @@ def main():
     if not rows:
         print(f"table: no results in {folder}", file=sys.stderr)
         return 1
+    rows = combine_passes(rows)
     disk = lambda r: r.get("model_bytes", r["weights_bytes"])
     rank = lambda r: (ORDER.index(r["engine"]) if r["engine"] in ORDER else len(ORDER), -disk(r))
     rows.sort(key=rank)
     ref = next((r for r in rows if (r["engine"], r["variant"]) == REFERENCE), None)
 
     r0 = rows[0]
+    passes = f" in {r0['passes']} interleaved passes (median of the pass medians)" if r0.get("passes") else ""
     print(f"Prompt {r0['prompt_len']} tokens, {r0['gen_len']} new tokens (greedy, EOS ignored), "
           f"{r0['threads']} threads, median (min–max) over {r0['runs']} runs after "
-          f"{r0['warmup']} warm-up.\n")
+          f"{r0['warmup']} warm-up{passes}.\n")
     print("| engine | variant | model size | prefill tok/s | decode tok/s | TTFT s | peak RSS "
           "| decode vs llama.cpp Q4_0 |")
     print("|---|---|---|---|---|---|---|---|")
