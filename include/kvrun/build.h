@@ -17,6 +17,14 @@ namespace kvrun {
 // (stage, done, total) — called as long work advances; stage e.g. "decoder".
 using ProgressFn = std::function<void(const std::string&, int64_t, int64_t)>;
 
+// Weight quantization settings shared by `build --precision int8|int4` and `quantize`.
+struct QuantSettings {
+  int64_t block_size = 32;  // int8/int4: power of two >= 16, along K
+  bool symmetric = true;    // int8/int4: false stores a zero point per block
+  int accuracy_level = 4;   // MatMulNBits: 0 (unset), 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+  std::string exclude;      // regex (PCRE2) on node and weight names: matches stay in float
+};
+
 struct BuildOptions {
   std::filesystem::path checkpoint;  // folder with config.json + safetensors
   std::filesystem::path out;         // package folder to create
@@ -26,11 +34,7 @@ struct BuildOptions {
   bool all_logits = false;           // logits for every position, not only the last
   bool overwrite = false;            // replace an existing package folder
   bool load_check = true;            // open every graph in ONNX Runtime before committing
-  // --precision int8|int4: weight-only MatMulNBits (ort) / DequantizeLinear (portable int8)
-  int64_t quant_block_size = 32;
-  bool quant_symmetric = true;
-  int quant_accuracy_level = 4;
-  std::string quant_exclude;
+  QuantSettings quant;  // --precision int8|int4: weight-only MatMulNBits (ort) / DequantizeLinear (portable int8)
   ProgressFn progress;
 
   void validate() const;  // throws kvrun::Error
@@ -47,15 +51,11 @@ struct BuildResult {
 BuildResult build_package(const BuildOptions& opt);
 
 // kvrun quantize: a package folder (its decoder graphs) or a single .onnx file.
-struct QuantizeOptions {
+struct QuantizeOptions : QuantSettings {
   std::filesystem::path input;  // package folder or .onnx file
   std::filesystem::path out;    // package folder, or .onnx file (+ <out>.data)
   std::string mode = "int4";    // "int8-dynamic" | "int8" | "int4"
-  int64_t block_size = 32;      // int8/int4: power of two >= 16
-  bool symmetric = true;
-  int accuracy_level = 4;  // MatMulNBits accuracy_level (4: int8 compute on CPU)
-  std::string exclude;     // regex on node names and weight names
-  bool standard_ops = false;  // single .onnx only: opset standard ops (packages: from the target)
+  bool standard_ops = false;    // single .onnx only: opset standard ops (packages: from the target)
   bool overwrite = false;
   bool load_check = true;  // open the quantized graphs in ONNX Runtime before committing
   ProgressFn progress;

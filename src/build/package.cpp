@@ -20,11 +20,8 @@ using nlohmann::json;
 
 static graph::QuantizeOptions quant_options(const BuildOptions& o) {
   graph::QuantizeOptions q;
+  static_cast<QuantSettings&>(q) = o.quant;
   q.mode = o.precision;
-  q.block_size = o.quant_block_size;
-  q.symmetric = o.quant_symmetric;
-  q.accuracy_level = o.quant_accuracy_level;
-  q.exclude = o.quant_exclude;
   q.standard_ops = o.target == "portable";
   return q;
 }

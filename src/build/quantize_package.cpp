@@ -139,11 +139,8 @@ std::string QuantizeResult::to_json() const {
 
 QuantizeResult quantize(const QuantizeOptions& opt) {
   graph::QuantizeOptions g;
+  static_cast<QuantSettings&>(g) = opt;
   g.mode = opt.mode;
-  g.block_size = opt.block_size;
-  g.symmetric = opt.symmetric;
-  g.accuracy_level = opt.accuracy_level;
-  g.exclude = opt.exclude;
   g.standard_ops = opt.standard_ops;
   if (opt.progress) g.progress = [&](int64_t d, int64_t t) { opt.progress("quantize", d, t); };
   g.validate();

@@ -22,15 +22,13 @@
 #include <vector>
 
 #include "graph/onnx_model.h"
+#include "kvrun/build.h"
 
 namespace kvrun::graph {
 
-struct QuantizeOptions {
+// block_size, symmetric, accuracy_level, exclude: kvrun::QuantSettings (kvrun/build.h).
+struct QuantizeOptions : QuantSettings {
   std::string mode = "int4";                       // "int8-dynamic" | "int8" | "int4"
-  int64_t block_size = 32;                         // int8/int4: power of two >= 16
-  bool symmetric = true;                           // int8/int4: false stores a zero point per block
-  int accuracy_level = 4;                          // MatMulNBits: 0 (unset), 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
-  std::string exclude;                             // regex (PCRE2); a node whose name or weight name matches is kept
   bool standard_ops = false;                       // opset-17 standard ops only (portable graphs)
   std::function<void(int64_t, int64_t)> progress;  // (nodes done, nodes total)
 

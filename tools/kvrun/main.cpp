@@ -57,13 +57,13 @@ int main(int argc, char** argv) {
                    "with weight-only quantized MatMuls (see `kvrun quantize`)")
       ->check(CLI::IsMember({"fp32", "fp16", "int8", "int4"}))
       ->capture_default_str();
-  build->add_option("--block-size", bo.quant_block_size, "int8/int4: quantization block size along K")
+  build->add_option("--block-size", bo.quant.block_size, "int8/int4: quantization block size along K")
       ->capture_default_str();
   build->add_flag(
-      "--asymmetric", [&](int64_t) { bo.quant_symmetric = false; }, "int8/int4: a zero point per block");
-  build->add_option("--accuracy-level", bo.quant_accuracy_level, "int8/int4: MatMulNBits accuracy_level (0-4)")
+      "--asymmetric", [&](int64_t) { bo.quant.symmetric = false; }, "int8/int4: a zero point per block");
+  build->add_option("--accuracy-level", bo.quant.accuracy_level, "int8/int4: MatMulNBits accuracy_level (0-4)")
       ->capture_default_str();
-  build->add_option("--exclude", bo.quant_exclude, "int8/int4: keep nodes/weights matching this regex in fp32");
+  build->add_option("--exclude", bo.quant.exclude, "int8/int4: keep nodes/weights matching this regex in fp32");
   build->add_option("--max-length", bo.max_length,
                     "Longest sequence (prompt + generated) the graphs support; default: max_position_embeddings");
   build->add_flag("--all-logits", bo.all_logits, "Return logits for every position (default: last position only)");
