@@ -119,20 +119,11 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Golden_, ::testing::ValuesIn(kFixtures));
 void check_fp16_agreement(const std::string& target) {
   int64_t agree = 0, total = 0;
   for (const std::string& name : kFixtures) {
-    const Golden g = load_golden(name);
-    runtime::PackageModel model(built_package(name, target, "fp16"));
-    const int64_t V = model.vocab_size();
-    for (size_t k = 0; k < g.prompts.size(); ++k) {
-      const std::vector<float> hf = g.continuation_logits(k);
-      std::vector<int64_t> seq = g.prompts[k];
-      seq.insert(seq.end(), g.greedy[k].begin(), g.greedy[k].end() - 1);
-      auto st = model.new_state();
-      for (size_t i = 0; i < seq.size(); ++i) {  // one position at a time: prefill of 1 then decode steps
-        const std::vector<float> lg = model.forward_ids(st, {seq[i]});
-        agree += argmax(lg.data(), V) == argmax(hf.data() + i * V, V);
-        ++total;
-      }
-    }
+    test::teacher_forced(built_package(name, target, "fp16"), load_golden(name),
+                         [&](const float* hf, const float* got, int64_t V) {
+                           agree += argmax(got, V) == argmax(hf, V);
+                           ++total;
+                         });
   }
   const double rate = static_cast<double>(agree) / static_cast<double>(total);
   std::printf("[ fp16 %s ] argmax agreement %.2f%% over %lld positions\n", target.c_str(), 100 * rate,

@@ -70,21 +70,11 @@ struct Agreement {
 
 // Teacher-forced: one position at a time (a prefill of 1, then decode steps), vs HF fp32.
 void measure(const fs::path& pkg, const std::string& fx, Agreement& a) {
-  const Golden g = load_golden(fx);
-  runtime::PackageModel model(pkg);
-  const int64_t V = model.vocab_size();
-  for (size_t k = 0; k < g.prompts.size(); ++k) {
-    const std::vector<float> hf = g.continuation_logits(k);
-    std::vector<int64_t> seq = g.prompts[k];
-    seq.insert(seq.end(), g.greedy[k].begin(), g.greedy[k].end() - 1);
-    auto st = model.new_state();
-    for (size_t i = 0; i < seq.size(); ++i) {
-      const std::vector<float> lg = model.forward_ids(st, {seq[i]});
-      a.agree += argmax(lg.data(), V) == argmax(hf.data() + i * V, V);
-      a.kl_sum += kl(hf.data() + i * V, lg.data(), V);
-      ++a.total;
-    }
-  }
+  test::teacher_forced(pkg, load_golden(fx), [&](const float* hf, const float* got, int64_t V) {
+    a.agree += argmax(got, V) == argmax(hf, V);
+    a.kl_sum += kl(hf, got, V);
+    ++a.total;
+  });
 }
 
 const std::vector<std::string> kFixtures = {"qwen3-tiny", "qwen2-tiny", "llama-tiny"};

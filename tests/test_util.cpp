@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/fs.h"
+#include "runtime/package_model.h"
 
 namespace kvrun::test {
 namespace fs = std::filesystem;
@@ -75,6 +76,22 @@ std::vector<float> Golden::prompt_logits(size_t k) const {
 
 std::vector<float> Golden::continuation_logits(size_t k) const {
   return logits->get("prompt" + std::to_string(k) + ".continuation_logits").to_f32();
+}
+
+void teacher_forced(const std::filesystem::path& package, const Golden& g,
+                    const std::function<void(const float*, const float*, int64_t)>& visit) {
+  runtime::PackageModel model(package);
+  const int64_t V = model.vocab_size();
+  for (size_t k = 0; k < g.prompts.size(); ++k) {
+    const std::vector<float> hf = g.continuation_logits(k);
+    std::vector<int64_t> seq = g.prompts[k];
+    seq.insert(seq.end(), g.greedy[k].begin(), g.greedy[k].end() - 1);
+    auto st = model.new_state();
+    for (size_t i = 0; i < seq.size(); ++i) {
+      const std::vector<float> lg = model.forward_ids(st, {seq[i]});
+      visit(hf.data() + static_cast<int64_t>(i) * V, lg.data(), V);
+    }
+  }
 }
 
 Golden load_golden(const std::string& name) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +37,12 @@ struct Golden {
   std::vector<float> continuation_logits(size_t k) const;  // [len_k + 32, vocab]
 };
 Golden load_golden(const std::string& fixture_name);
+
+// Teacher forcing: feeds each golden prompt plus its greedy continuation to the package
+// one position at a time (a prefill of 1, then decode steps) and calls
+// visit(hf_logits, package_logits, vocab) for every position.
+void teacher_forced(const std::filesystem::path& package, const Golden& g,
+                    const std::function<void(const float* hf, const float* got, int64_t vocab)>& visit);
 
 // Builds (once per test binary run) the package for fixture x target x precision.
 std::filesystem::path built_package(const std::string& fixture_name, const std::string& target,
