@@ -1,11 +1,8 @@
 // kvrun quantize: int8 / int4 weights for a package's decoder graphs or any .onnx file.
 #include <cstdio>
-#include <map>
-#include <memory>
 #include <string>
 
 #include "commands.h"
-#include "io/progress.h"
 #include "kvrun/build.h"
 
 namespace kvrun::cli {
@@ -19,16 +16,10 @@ struct Opts {
 int run_quantize(Opts& o) {
   if (o.asymmetric && o.symmetric) throw Error("quantize: --symmetric and --asymmetric exclude each other");
   o.q.symmetric = !o.asymmetric;
-  std::map<std::string, std::unique_ptr<io::Progress>> bars;
-  if (!o.quiet)
-    o.q.progress = [&](const std::string& stage, int64_t done, int64_t total) {
-      auto& bar = bars[stage];
-      if (!bar) bar = std::make_unique<io::Progress>(stage);
-      bar->update(done, total, std::to_string(done) + "/" + std::to_string(total) + " nodes");
-      if (done >= total) bar->finish();
-    };
+  StageProgress progress{!o.quiet, "nodes", {}};
+  o.q.progress = progress.fn();
   const QuantizeResult r = quantize(o.q);
-  bars.clear();
+  progress.bars.clear();
   std::fputs(o.json ? (r.to_json() + "\n").c_str() : r.to_text().c_str(), stdout);
   return 0;
 }

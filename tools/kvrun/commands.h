@@ -5,14 +5,36 @@
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "io/progress.h"
+#include "kvrun/build.h"
 
 namespace kvrun::cli {
 
 struct Command {
   CLI::App* app = nullptr;
   std::function<int()> run;
+};
+
+// One progress bar per stage name, drawn on stderr ("done/total[ unit]"); nothing when
+// disabled. fn() feeds kvrun::ProgressFn options (build, synth-checkpoint, quantize).
+struct StageProgress {
+  bool enabled = true;
+  std::string unit;
+  std::map<std::string, std::unique_ptr<io::Progress>> bars;
+  ProgressFn fn() {
+    return [this](const std::string& stage, int64_t done, int64_t total) {
+      if (!enabled) return;
+      auto& bar = bars[stage];
+      if (!bar) bar = std::make_unique<io::Progress>(stage);
+      bar->update(done, total, std::to_string(done) + "/" + std::to_string(total) + (unit.empty() ? "" : " " + unit));
+      if (done >= total) bar->finish();
+    };
+  }
 };
 
 // kvrun tokenize (cmd_tokenize.cpp)

@@ -3,34 +3,13 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
-#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "commands.h"
-#include "io/progress.h"
 #include "kvrun/build.h"
 #include "kvrun/verify.h"
-
-namespace {
-
-// One progress bar per stage name, drawn on stderr.
-struct StageProgress {
-  bool enabled;
-  std::map<std::string, std::unique_ptr<kvrun::io::Progress>> bars;
-  kvrun::ProgressFn fn() {
-    return [this](const std::string& stage, int64_t done, int64_t total) {
-      if (!enabled) return;
-      auto& bar = bars[stage];
-      if (!bar) bar = std::make_unique<kvrun::io::Progress>(stage);
-      bar->update(done, total, std::to_string(done) + "/" + std::to_string(total));
-      if (done >= total) bar->finish();
-    };
-  }
-};
-
-}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"kvrun: Hugging Face checkpoints -> verified ONNX graphs with an explicit KV cache"};
@@ -121,7 +100,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    StageProgress progress{!quiet, {}};
+    kvrun::cli::StageProgress progress{!quiet, "", {}};
     if (*build) {
       bo.progress = progress.fn();
       const kvrun::BuildResult r = kvrun::build_package(bo);
