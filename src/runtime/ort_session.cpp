@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kvrun/error.h"
+#include "runtime/ort_kernels.h"
 
 namespace kvrun::runtime {
 
@@ -75,6 +76,14 @@ Ort::Session open_session(const std::filesystem::path& model, const SessionConfi
   so.SetGraphOptimizationLevel(cfg.optimize ? GraphOptimizationLevel::ORT_ENABLE_ALL
                                             : GraphOptimizationLevel::ORT_ENABLE_BASIC);
   try {
+    if (cfg.kvrun_kernels && kvrun_kernels_enabled()) {
+      if (const auto bytes = with_kvrun_attention(model)) {
+        so.Add(kvrun_op_domain());
+        const std::string dir = std::filesystem::absolute(model).parent_path().string();
+        so.AddConfigEntry("session.model_external_initializers_file_folder_path", dir.c_str());
+        return Ort::Session(ort_env(), bytes->data(), bytes->size(), so);
+      }
+    }
     return Ort::Session(ort_env(), model.c_str(), so);
   } catch (const Ort::Exception& e) {
     throw Error(model.string() + ": ONNX Runtime cannot load the model: " + e.what());

@@ -16,6 +16,9 @@ Ort::Env& ort_env();
 struct SessionConfig {
   int intra_op_threads = 0;  // 0: ORT's default (one per core)
   bool optimize = true;      // ORT_ENABLE_ALL vs basic
+  // kvrun's own kernels where they cover a node (runtime/ort_kernels.h); KVRUN_ATTENTION=ort
+  // turns them off process-wide.
+  bool kvrun_kernels = true;
 };
 
 struct IoInfo {
