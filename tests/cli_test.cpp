@@ -7,6 +7,7 @@
 
 #include "io/fs.h"
 #include "io/safetensors.h"
+#include "kvrun/build.h"
 #include "test_util.h"
 
 namespace kvrun::test {
@@ -105,6 +106,31 @@ TEST(CliErrors, LyingHeaderLength) {
     f.write(reinterpret_cast<const char*>(&huge), 8);
   }
   expect_build_fails(tmp, ckpt, {"model.safetensors", "header length 1099511627776 exceeds the limit"});
+}
+
+// --kv-dtype: combinations the graphs cannot express are refused before anything is
+// written; auto gives int4 on target ort a float16 cache and fp32 a float32 one.
+TEST(CliErrors, KvDtypeCombinations) {
+  TempDir tmp;
+  const fs::path out = tmp / "pkg";
+  for (const std::vector<std::string>& extra :
+       {std::vector<std::string>{"--target", "portable", "--kv-dtype", "fp16"},
+        std::vector<std::string>{"--precision", "fp16", "--kv-dtype", "fp32"}}) {
+    std::vector<std::string> args = {"build", fixture("qwen3-tiny").string(), "-o", out.string(), "-q"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const CliResult r = run_cli(args);
+    EXPECT_NE(r.exit_code, 0) << r.out;
+    EXPECT_NE(r.out.find("--kv-dtype"), std::string::npos) << r.out;
+    EXPECT_FALSE(fs::exists(out));
+  }
+  for (const auto& [precision, kv] : {std::pair{"int4", "F16"}, std::pair{"fp32", "F32"}}) {
+    BuildOptions o;
+    o.checkpoint = fixture("qwen3-tiny");
+    o.out = tmp / precision;
+    o.precision = precision;
+    build_package(o);
+    EXPECT_EQ(io::read_json_file(o.out / "kvrun.json")["kv_cache"]["dtype"], kv) << precision;
+  }
 }
 
 TEST(CliErrors, MissingCheckpointFolder) {

@@ -114,25 +114,28 @@ TEST_P(Golden_, AllLogitsPrefillMatchesHf) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Golden_, ::testing::ValuesIn(kFixtures));
 
-// fp16 packages: next-token argmax agrees with transformers (fp32) on >= 99% of
-// teacher-forced positions, pooled over all fixtures and prompts.
-void check_fp16_agreement(const std::string& target) {
+// fp16 packages (or fp32 weights over a float16 KV cache): next-token argmax agrees
+// with transformers (fp32) on >= 99% of teacher-forced positions, pooled over all
+// fixtures and prompts.
+void check_fp16_agreement(const std::string& target, const std::string& precision = "fp16",
+                          const std::string& kv_dtype = "auto") {
   int64_t agree = 0, total = 0;
   for (const std::string& name : kFixtures) {
-    test::teacher_forced(built_package(name, target, "fp16"), load_golden(name),
+    test::teacher_forced(built_package(name, target, precision, false, kv_dtype), load_golden(name),
                          [&](const float* hf, const float* got, int64_t V) {
                            agree += argmax(got, V) == argmax(hf, V);
                            ++total;
                          });
   }
   const double rate = static_cast<double>(agree) / static_cast<double>(total);
-  std::printf("[ fp16 %s ] argmax agreement %.2f%% over %lld positions\n", target.c_str(), 100 * rate,
-              static_cast<long long>(total));
+  std::printf("[ %s %s, kv %s ] argmax agreement %.2f%% over %lld positions\n", precision.c_str(), target.c_str(),
+              kv_dtype.c_str(), 100 * rate, static_cast<long long>(total));
   EXPECT_GE(rate, 0.99) << target;
 }
 
 TEST(GoldenFp16, OrtArgmaxAgreement) { check_fp16_agreement("ort"); }
 TEST(GoldenFp16, PortableArgmaxAgreement) { check_fp16_agreement("portable"); }
+TEST(GoldenFp16, OrtFp16KvCacheArgmaxAgreement) { check_fp16_agreement("ort", "fp32", "fp16"); }
 
 }  // namespace
 }  // namespace kvrun::test

@@ -65,6 +65,23 @@ TEST_P(RuntimePackage, GreedyMatchesHuggingFace) {
   expect_goldens(*m, golden(fx), greedy_opts(), fx + "/" + target);
 }
 
+// fp32 weights over a float16 KV cache (`build --kv-dtype fp16`): the trained fixture's
+// peaked distributions make its greedy continuations a strict check, single and batched,
+// through kvrun's shared-buffer attention kernel.
+TEST(RuntimeKvFp16, TrainedGreedyMatchesHuggingFace) {
+  const auto pkg = built_package("qwen3-trained", "ort", "fp32", false, "fp16");
+  EXPECT_EQ(io::read_json_file(pkg / "kvrun.json")["kv_cache"]["dtype"], "F16");
+  auto m = Model::load(pkg);
+  EXPECT_TRUE(m->info().shared_kv_buffer);
+  EXPECT_EQ(m->info().kv_dtype, "float16");
+  const Golden g = golden("qwen3-trained");
+  expect_goldens(*m, g, greedy_opts(), "qwen3-trained fp16 KV");
+  std::vector<Prompt> ps;
+  for (const auto& p : g.prompts) ps.push_back(Prompt().ids(p));
+  const auto rs = m->generate(ps, greedy_opts());
+  for (size_t k = 0; k < rs.size(); ++k) EXPECT_EQ(rs[k].tokens, g.greedy[k]) << "row " << k;
+}
+
 TEST_P(RuntimePackage, BatchOfPromptsOfDifferentLengths) {
   const auto& [fx, target] = GetParam();
   auto m = Model::load(built_package(fx, target, "fp32"));

@@ -29,10 +29,11 @@ TempDir::~TempDir() {
 }
 
 fs::path built_package(const std::string& fixture_name, const std::string& target, const std::string& precision,
-                       bool all_logits) {
+                       bool all_logits, const std::string& kv_dtype) {
   static TempDir root;
   static std::map<std::string, fs::path> cache;
-  const std::string key = fixture_name + "-" + target + "-" + precision + (all_logits ? "-all" : "");
+  const std::string key =
+      fixture_name + "-" + target + "-" + precision + (all_logits ? "-all" : "") + "-kv-" + kv_dtype;
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   BuildOptions o;
   o.checkpoint = fixture(fixture_name);
@@ -40,6 +41,7 @@ fs::path built_package(const std::string& fixture_name, const std::string& targe
   o.target = target;
   o.precision = precision;
   o.all_logits = all_logits;
+  o.kv_dtype = kv_dtype;
   build_package(o);
   cache[key] = o.out;
   return o.out;

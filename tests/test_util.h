@@ -46,7 +46,8 @@ void teacher_forced(const std::filesystem::path& package, const Golden& g,
 
 // Builds (once per test binary run) the package for fixture x target x precision.
 std::filesystem::path built_package(const std::string& fixture_name, const std::string& target,
-                                    const std::string& precision, bool all_logits = false);
+                                    const std::string& precision, bool all_logits = false,
+                                    const std::string& kv_dtype = "auto");
 
 struct CliResult {
   int exit_code = 0;

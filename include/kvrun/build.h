@@ -32,12 +32,17 @@ struct BuildOptions {
   std::string precision = "fp32";    // "fp32" | "fp16" | "int8" | "int4" (fp32 graphs, then quantized)
   int64_t max_length = 0;            // positions covered (0: config max_position_embeddings)
   bool all_logits = false;           // logits for every position, not only the last
-  bool overwrite = false;            // replace an existing package folder
-  bool load_check = true;            // open every graph in ONNX Runtime before committing
-  QuantSettings quant;  // --precision int8|int4: weight-only MatMulNBits (ort) / DequantizeLinear (portable int8)
+  // KV cache dtype: "auto" (fp16 for int8/int4 on target ort, else the precision's), "fp32",
+  // "fp16" (target ort, or precision fp16). A float16 cache halves the bytes each decode step
+  // reads from it.
+  std::string kv_dtype = "auto";
+  bool overwrite = false;  // replace an existing package folder
+  bool load_check = true;  // open every graph in ONNX Runtime before committing
+  QuantSettings quant;     // --precision int8|int4: weight-only MatMulNBits (ort) / DequantizeLinear (portable int8)
   ProgressFn progress;
 
-  void validate() const;  // throws kvrun::Error
+  void validate() const;                  // throws kvrun::Error
+  std::string resolved_kv_dtype() const;  // "fp32" | "fp16" ("auto" decided)
 };
 
 struct BuildResult {

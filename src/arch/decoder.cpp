@@ -38,9 +38,10 @@ struct DecoderEmitter {
   Net n;
   std::vector<float> cos_tab, sin_tab;
 
-  std::string rope_table(const char* name, const std::vector<float>& tab) {
+  std::string rope_table(const char* name, const std::vector<float>& tab, io::DType t) {
     const int64_t half = c.head_dim / 2;
-    return n.weight(name, {static_cast<int64_t>(tab.size()) / half, half}, [&] { return tab; });
+    const std::vector<int64_t> shape = {static_cast<int64_t>(tab.size()) / half, half};
+    return t == n.dt ? n.weight(name, shape, [&] { return tab; }) : n.g.weight(name, t, shape, tab.data());
   }
 
   std::string embeds_input() {
@@ -52,14 +53,15 @@ struct DecoderEmitter {
   void past_inputs(const KvNames& kv) {
     for (int64_t l = 0; l < c.num_layers; ++l)
       for (const auto& pat : {kv.past_key, kv.past_value})
-        n.g.input(kv_name(pat, l), n.dt,
+        n.g.input(kv_name(pat, l), opt.kv_dtype,
                   {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{"past_sequence_length"}, Dim{c.head_dim}});
   }
 
   void present_outputs(const KvNames& kv, const std::string& seq_dim) {
     for (int64_t l = 0; l < c.num_layers; ++l)
       for (const auto& pat : {kv.present_key, kv.present_value})
-        n.g.output(kv_name(pat, l), n.dt, {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{seq_dim}, Dim{c.head_dim}});
+        n.g.output(kv_name(pat, l), opt.kv_dtype,
+                   {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{seq_dim}, Dim{c.head_dim}});
   }
 
   std::string input_norm(int64_t l, const std::string& x) {
@@ -171,8 +173,15 @@ struct DecoderEmitter {
                                 {shp, g.const_i64("/model/attn_mask/index", {1}, true)}, {{"axis", 0}});
     const std::string total =
         g.op("Cast", "/model/attn_mask/TotalSeqLen", {tl}, {{"to", graph::onnx_elem_type(io::DType::I32)}});
-    const std::string cos = rope_table("model.rotary.cos_cache", cos_tab);
-    const std::string sin = rope_table("model.rotary.sin_cache", sin_tab);
+    // GroupQueryAttention computes in its cache's dtype: with a float16 cache under float32
+    // weights, q/k/v go in through Casts and the output comes back through one.
+    const io::DType kv_t = opt.kv_dtype;
+    const bool cast_kv = kv_t != n.dt;
+    const std::string cos = rope_table("model.rotary.cos_cache", cos_tab, kv_t);
+    const std::string sin = rope_table("model.rotary.sin_cache", sin_tab, kv_t);
+    auto to_kv = [&](const std::string& x, const std::string& name) {
+      return x.empty() || !cast_kv ? x : g.op("Cast", name, {x}, {{"to", graph::onnx_elem_type(kv_t)}});
+    };
     std::string q_heads, k_heads, q_flat, k_flat;
     if (c.qk_norm) {
       q_heads = g.const_i64("/model/const/q_heads_shape", {0, 0, c.num_heads, c.head_dim});
@@ -192,13 +201,16 @@ struct DecoderEmitter {
       } else {
         in = {qkv, "", ""};  // packed QKV
       }
+      for (size_t i = 0; i < 3; ++i) in[i] = to_kv(in[i], scope + "/CastKv_" + "qkv"[i]);
       in.insert(in.end(), {kv_name(kv.past_key, l), kv_name(kv.past_value, l), seqlens, total, cos, sin});
       const std::string gqa = scope + "/GroupQueryAttention";
       const auto outs = g.node(
           "GroupQueryAttention", gqa, in, {gqa + "/output_0", kv_name(kv.present_key, l), kv_name(kv.present_value, l)},
           {{"num_heads", c.num_heads}, {"kv_num_heads", c.num_kv_heads}, {"do_rotary", 1}, {"rotary_interleaved", 0}},
           "com.microsoft");
-      const std::string o = o_proj(l, outs[0]);
+      const std::string attn =
+          cast_kv ? g.op("Cast", scope + "/CastBack", {outs[0]}, {{"to", graph::onnx_elem_type(n.dt)}}) : outs[0];
+      const std::string o = o_proj(l, attn);
       std::tie(x, residual) = finish_layer(l, o, residual, /*fused=*/true);
       if (progress) progress(l + 1);
     }
@@ -229,12 +241,12 @@ struct DecoderEmitter {
     const std::string pos = g.op("Slice", P + "/PositionIds",
                                  {pm, neg_seq, g.const_i64(P + "/end", {kInt64Max}), g.const_i64(P + "/axes1", {1})});
     const std::string unsq1 = g.const_i64(P + "/unsq1", {1});
-    const std::string cos =
-        g.op("Unsqueeze", "/model/rotary/Cos",
-             {g.op("Gather", "/model/rotary/GatherCos", {rope_table("model.rotary.cos_cache", cos_tab), pos}), unsq1});
-    const std::string sin =
-        g.op("Unsqueeze", "/model/rotary/Sin",
-             {g.op("Gather", "/model/rotary/GatherSin", {rope_table("model.rotary.sin_cache", sin_tab), pos}), unsq1});
+    const std::string cos = g.op(
+        "Unsqueeze", "/model/rotary/Cos",
+        {g.op("Gather", "/model/rotary/GatherCos", {rope_table("model.rotary.cos_cache", cos_tab, n.dt), pos}), unsq1});
+    const std::string sin = g.op(
+        "Unsqueeze", "/model/rotary/Sin",
+        {g.op("Gather", "/model/rotary/GatherSin", {rope_table("model.rotary.sin_cache", sin_tab, n.dt), pos}), unsq1});
     // additive mask [b, 1, 1, s, T] (fp32): key j visible to query i iff j <= past + i and mask[j] == 1
     const std::string M = "/model/mask";
     const std::string jr = g.op("Range", M + "/KeyRange", {zero, tot, one});
@@ -322,6 +334,8 @@ std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::
                                           const std::function<void(int64_t, int64_t)>& progress) {
   if (opt.dtype != io::DType::F32 && opt.dtype != io::DType::F16)
     throw Error("decoder graphs are built in F32 or F16 (quantization is a separate pass)");
+  if (opt.kv_dtype != opt.dtype && (opt.target != Target::Ort || opt.kv_dtype != io::DType::F16))
+    throw Error("a KV cache dtype other than the weights' is float16 under float32 weights, target ort only");
   const int64_t max_len = opt.max_length > 0 ? opt.max_length : cfg.max_position_embeddings;
   WeightReader w(store);
   std::vector<float> cos_tab, sin_tab;

@@ -25,6 +25,9 @@ struct DecoderBuildOptions {
   io::DType dtype = io::DType::F32;  // weights, activations and KV cache (F32 or F16)
   int64_t max_length = 0;            // positions covered by the rotary tables
   bool all_logits = false;           // logits for every position instead of the last
+  // KV cache (past/present) dtype; F16 under F32 weights: target Ort only, with Casts
+  // around GroupQueryAttention (which then runs in float16).
+  io::DType kv_dtype = io::DType::F32;
 };
 
 struct GraphSignature {

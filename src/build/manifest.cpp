@@ -42,7 +42,7 @@ json make_manifest(const ManifestInputs& in) {
         {"head_dim", c.head_dim},
         {"layout", "batch,kv_heads,sequence,head_dim"},
         {"sequence_axis", 2},
-        {"dtype", io::dtype_to_safetensors(in.dtype)},
+        {"dtype", io::dtype_to_safetensors(in.kv_dtype)},
         {"past_key", kv.past_key},
         {"past_value", kv.past_value},
         {"present_key", kv.present_key},
@@ -104,7 +104,8 @@ Manifest load_manifest(const fs::path& dir) {
   const json& kv = field(m.raw, "kv_cache", src);
   m.num_kv_heads = int_field(kv, "kv_heads", src);
   m.head_dim = int_field(kv, "head_dim", src);
-  m.dtype = io::dtype_from_safetensors(str_field(kv, "dtype", src));
+  m.kv_dtype = io::dtype_from_safetensors(str_field(kv, "dtype", src));
+  m.dtype = io::dtype_from_safetensors(str_field(field(m.raw, "inputs_embeds", src), "dtype", src));
   m.kv = {str_field(kv, "past_key", src), str_field(kv, "past_value", src), str_field(kv, "present_key", src),
           str_field(kv, "present_value", src)};
   m.last_position_only = field(field(m.raw, "logits", src), "last_position_only", src).get<bool>();

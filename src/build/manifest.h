@@ -19,7 +19,8 @@ struct ManifestInputs {
   const io::ModelConfig& cfg;
   const io::GenerationConfig& gen;
   arch::Target target;
-  io::DType dtype;
+  io::DType dtype;     // weights and activations (inputs_embeds)
+  io::DType kv_dtype;  // past/present
   int64_t max_length;
   bool all_logits;
   const std::vector<arch::GraphSignature>& graphs;
@@ -33,9 +34,10 @@ nlohmann::json make_manifest(const ManifestInputs& in);
 // What the runtime needs from a manifest, validated on load.
 struct Manifest {
   std::filesystem::path dir;
-  std::string target;     // "ort" | "portable"
-  std::string precision;  // "fp32" | "fp16"
-  io::DType dtype = io::DType::F32;
+  std::string target;                   // "ort" | "portable"
+  std::string precision;                // "fp32" | "fp16"
+  io::DType dtype = io::DType::F32;     // inputs_embeds
+  io::DType kv_dtype = io::DType::F32;  // past/present
   std::string architecture;
   int64_t hidden_size = 0, vocab_size = 0, num_layers = 0, num_kv_heads = 0, head_dim = 0, max_length = 0;
   bool last_position_only = true;

@@ -34,10 +34,24 @@ void BuildOptions::validate() const {
   if (precision != "fp32" && precision != "fp16" && precision != "int8" && precision != "int4")
     throw Error("build: --precision must be fp32, fp16, int8 or int4, found '" + precision + "'");
   if (precision == "int8" || precision == "int4") quant_options(*this).validate();
+  if (kv_dtype != "auto" && kv_dtype != "fp32" && kv_dtype != "fp16")
+    throw Error("build: --kv-dtype must be auto, fp32 or fp16, found '" + kv_dtype + "'");
+  const std::string kv = resolved_kv_dtype();
+  if (precision == "fp16" && kv != "fp16")
+    throw Error("build: --precision fp16 keeps its KV cache in fp16, found --kv-dtype " + kv_dtype);
+  if (target == "portable" && kv != (precision == "fp16" ? "fp16" : "fp32"))
+    throw Error("build: --kv-dtype " + kv_dtype + " needs --target ort (portable graphs keep the cache in " +
+                "their precision's dtype)");
   if (max_length < 0 || max_length > (1 << 22))
     throw Error("build: --max-length must be in [1, 4194304], found " + std::to_string(max_length));
   if (fs::exists(out) && fs::equivalent(out, checkpoint))
     throw Error("build: the output folder must differ from the checkpoint folder");
+}
+
+std::string BuildOptions::resolved_kv_dtype() const {
+  if (kv_dtype != "auto") return kv_dtype;
+  if (precision == "fp16" || (target == "ort" && (precision == "int8" || precision == "int4"))) return "fp16";
+  return "fp32";
 }
 
 namespace {
@@ -111,7 +125,8 @@ BuildResult build_package(const BuildOptions& opt) {
   // 2. graphs
   std::vector<arch::GraphSignature> graphs;
   graphs.push_back(arch::build_embedding_graph(cfg, dt, dir, embed_entry));
-  arch::DecoderBuildOptions dopt{target, dt, max_len, opt.all_logits};
+  const io::DType kv_dt = opt.resolved_kv_dtype() == "fp16" ? io::DType::F16 : io::DType::F32;
+  arch::DecoderBuildOptions dopt{target, dt, max_len, opt.all_logits, kv_dt};
   for (auto& s : arch::build_decoder(cfg, store, dopt, dir, embed_entry,
                                      [&](int64_t d, int64_t t) { progress("decoder", d, t); }))
     graphs.push_back(std::move(s));
@@ -131,6 +146,7 @@ BuildResult build_package(const BuildOptions& opt) {
                            gen,
                            target,
                            dt,
+                           kv_dt,
                            max_len,
                            opt.all_logits,
                            graphs,

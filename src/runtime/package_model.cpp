@@ -28,8 +28,8 @@ PackageModel::PackageModel(const fs::path& dir, const SessionConfig& sc) : m_(bu
 PackageModel::State PackageModel::new_state() const {
   State s;
   for (int64_t l = 0; l < m_.num_layers; ++l) {
-    s.keys.push_back(HostTensor::zeros(m_.dtype, {1, m_.num_kv_heads, 0, m_.head_dim}));
-    s.values.push_back(HostTensor::zeros(m_.dtype, {1, m_.num_kv_heads, 0, m_.head_dim}));
+    s.keys.push_back(HostTensor::zeros(m_.kv_dtype, {1, m_.num_kv_heads, 0, m_.head_dim}));
+    s.values.push_back(HostTensor::zeros(m_.kv_dtype, {1, m_.num_kv_heads, 0, m_.head_dim}));
   }
   return s;
 }

@@ -36,6 +36,12 @@ int main(int argc, char** argv) {
                    "with weight-only quantized MatMuls (see `kvrun quantize`)")
       ->check(CLI::IsMember({"fp32", "fp16", "int8", "int4"}))
       ->capture_default_str();
+  build
+      ->add_option("--kv-dtype", bo.kv_dtype,
+                   "KV cache dtype: auto (fp16 for int8/int4 on target ort, else the precision's), fp32, fp16 "
+                   "(target ort: Casts around GroupQueryAttention; halves the cache bytes a decode step reads)")
+      ->check(CLI::IsMember({"auto", "fp32", "fp16"}))
+      ->capture_default_str();
   build->add_option("--block-size", bo.quant.block_size, "int8/int4: quantization block size along K")
       ->capture_default_str();
   build->add_flag(
