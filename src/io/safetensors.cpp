@@ -174,6 +174,14 @@ SafetensorsFile::~SafetensorsFile() {
   if (map_) ::munmap(map_, map_size_);
 }
 
+void SafetensorsFile::advise_random() const {
+  if (map_) ::madvise(map_, map_size_, MADV_RANDOM);  // advice only: failure changes nothing
+}
+
+void TensorStore::advise_random() const {
+  for (const auto& f : files_) f->advise_random();
+}
+
 const TensorView* SafetensorsFile::find(const std::string& name) const {
   auto it = tensors_.find(name);
   return it == tensors_.end() ? nullptr : &it->second;

@@ -50,6 +50,9 @@ class SafetensorsFile {
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const TensorView* find(const std::string& name) const;
+  // Tells the kernel reads will be scattered (row lookups in an embedding table): no
+  // read-ahead, so each row brings in its own page rather than a window around it.
+  void advise_random() const;
 
  private:
   std::filesystem::path path_;
@@ -65,6 +68,7 @@ class TensorStore {
  public:
   explicit TensorStore(const std::filesystem::path& path);
 
+  void advise_random() const;  // SafetensorsFile::advise_random for every file
   bool has(const std::string& name) const { return index_.count(name) > 0; }
   // Throws kvrun::Error naming the checkpoint when the tensor is missing.
   const TensorView& get(const std::string& name) const;

@@ -95,6 +95,7 @@ Decoder::Decoder(ModelSource src, const SessionConfig& sc) : src_(std::move(src)
   if (!src_.embed_table.empty()) {
     table_store_ = std::make_unique<io::TensorStore>(src_.embed_table);
     table_ = &table_store_->get(src_.embed_tensor);
+    table_store_->advise_random();  // row lookups: without this, read-ahead maps most of the table
     if (table_->shape.size() != 2 || (hidden_ > 0 && table_->shape[1] != hidden_))
       throw Error(src_.embed_table.string() + ": embedding table has shape " + io::shape_str(table_->shape) +
                   ", expected [vocab, " + std::to_string(hidden_) + "]");

@@ -11,6 +11,7 @@ using arch::kv_name;
 
 PackageModel::PackageModel(const fs::path& dir, const SessionConfig& sc) : m_(build::load_manifest(dir)) {
   embedding_ = std::make_unique<io::TensorStore>(dir / m_.embedding_file);
+  embedding_->advise_random();
   const io::TensorView& t = embedding_->get(m_.embedding_tensor);
   if (t.shape != std::vector<int64_t>{m_.vocab_size, m_.hidden_size})
     throw Error(t.file + ": embedding table has shape " + io::shape_str(t.shape) + ", expected [" +
