@@ -17,11 +17,12 @@ PY=$BENCH_DIR/venv/bin/python
 ARGS=(--prompt-len 512 --gen-len 128 --runs 5 --warmup 1 --threads 2 "$@")
 mkdir -p "$RESULTS"
 
-# name | runner | model
+# name | runner | model | environment (optional VAR=value,...)
 JOBS="
 kvrun-fp32          run_kvrun.py     $MODELS/kvrun-fp32
 kvrun-int8          run_kvrun.py     $MODELS/kvrun-int8
 kvrun-int4          run_kvrun.py     $MODELS/kvrun-int4
+kvrun-int4-ort-attention run_kvrun.py $MODELS/kvrun-int4 KVRUN_ATTENTION=ort
 onnxruntime-genai-fp32 run_genai.py  $MODELS/genai-fp32
 onnxruntime-genai-int4 run_genai.py  $MODELS/genai-int4
 llama.cpp-F16       run_llamacpp.py  $MODELS/gguf/q06-F16.gguf
@@ -38,7 +39,7 @@ node-llama-cpp-Q4_0 run_node_llamacpp.py $MODELS/gguf/q06-Q4_0.gguf
 PASSES=${PASSES:-1}
 ran=() skipped=() failed=()
 for ((pass = 1; pass <= PASSES; pass++)); do
-while read -r name runner model; do
+while read -r name runner model envs; do
   [[ -n $name ]] || continue
   [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || continue
   ((pass > 1)) || rm -f "$RESULTS/$name".json "$RESULTS/$name".pass*.json
@@ -49,7 +50,7 @@ while read -r name runner model; do
     echo "skip: $model not built (bench/make-models.sh)" >&2; skipped+=("$name"); continue
   fi
   rc=0
-  "$PY" "bench/$runner" "$model" "${ARGS[@]}" >"$out.tmp" || rc=$?
+  env ${envs//,/ } "$PY" "bench/$runner" "$model" "${ARGS[@]}" >"$out.tmp" || rc=$?
   if ((rc == 0)); then
     mv "$out.tmp" "$out"; ran+=("$name")
   elif ((rc == 3)); then

@@ -60,6 +60,8 @@ def via_bench(args, kvrun, help_text):
     r.setdefault("engine", "kvrun")
     r.setdefault("engine_version", kvrun_version(kvrun))
     r["variant"] = args.variant or r.get("variant") or package_precision(args.model)
+    if os.environ.get("KVRUN_ATTENTION") == "ort":  # kvrun's attention kernel off (run-all.sh job *-ort-attention)
+        r["variant"] += ", ORT attention"
     r.setdefault("weights_bytes", common.weights_bytes(args.model))
     common.add_context(r, args.model)
     return r
