@@ -109,7 +109,7 @@ TEST(CliErrors, LyingHeaderLength) {
 }
 
 // --kv-dtype: combinations the graphs cannot express are refused before anything is
-// written; auto gives int4 on target ort a float16 cache and fp32 a float32 one.
+// written; auto gives int4 on target ort a float16 cache, int8 and fp32 a float32 one.
 TEST(CliErrors, KvDtypeCombinations) {
   TempDir tmp;
   const fs::path out = tmp / "pkg";
@@ -123,7 +123,7 @@ TEST(CliErrors, KvDtypeCombinations) {
     EXPECT_NE(r.out.find("--kv-dtype"), std::string::npos) << r.out;
     EXPECT_FALSE(fs::exists(out));
   }
-  for (const auto& [precision, kv] : {std::pair{"int4", "F16"}, std::pair{"fp32", "F32"}}) {
+  for (const auto& [precision, kv] : {std::pair{"int4", "F16"}, std::pair{"int8", "F32"}, std::pair{"fp32", "F32"}}) {
     BuildOptions o;
     o.checkpoint = fixture("qwen3-tiny");
     o.out = tmp / precision;

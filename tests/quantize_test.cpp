@@ -155,6 +155,21 @@ TEST(QuantTrained, VerifyAcceptsInt8AndInt4) {
   }
 }
 
+// `build --precision int8|int4` with the default --kv-dtype (int4: float16 cache, int8:
+// float32) passes verify on the trained fixture too.
+TEST(QuantTrained, BuildDefaultsVerify) {
+  for (const std::string precision : {"int8", "int4"}) {
+    const fs::path pkg = built_package("qwen3-trained", "ort", precision);
+    EXPECT_EQ(io::read_json_file(pkg / "kvrun.json")["kv_cache"]["dtype"], precision == "int4" ? "F16" : "F32");
+    const CliResult r = run_cli({"verify", pkg.string(), "--greedy-tokens", "64", "--json"});
+    EXPECT_EQ(r.exit_code, 0) << precision << "\n" << r.out;
+    const auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+    std::printf("[ verify qwen3-trained build --precision %s ] argmax agreement %.1f%%, mean KL %.2e\n",
+                precision.c_str(), 100 * j.at("argmax_agreement").get<double>(), j.at("mean_kl").get<double>());
+    EXPECT_TRUE(j.at("passed").get<bool>()) << r.out;
+  }
+}
+
 // The quantized graphs use the ops each mode promises; portable ones stay standard.
 TEST(QuantGraph, OpsPerModeAndTarget) {
   auto ops_of = [](const fs::path& f) {

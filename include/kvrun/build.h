@@ -32,7 +32,7 @@ struct BuildOptions {
   std::string precision = "fp32";    // "fp32" | "fp16" | "int8" | "int4" (fp32 graphs, then quantized)
   int64_t max_length = 0;            // positions covered (0: config max_position_embeddings)
   bool all_logits = false;           // logits for every position, not only the last
-  // KV cache dtype: "auto" (fp16 for int8/int4 on target ort, else the precision's), "fp32",
+  // KV cache dtype: "auto" (fp16 for int4 on target ort, else the precision's), "fp32",
   // "fp16" (target ort, or precision fp16). A float16 cache halves the bytes each decode step
   // reads from it.
   std::string kv_dtype = "auto";

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   build
       ->add_option("--kv-dtype", bo.kv_dtype,
-                   "KV cache dtype: auto (fp16 for int8/int4 on target ort, else the precision's), fp32, fp16 "
+                   "KV cache dtype: auto (fp16 for int4 on target ort, else the precision's), fp32, fp16 "
                    "(target ort: Casts around GroupQueryAttention; halves the cache bytes a decode step reads)")
       ->check(CLI::IsMember({"auto", "fp32", "fp16"}))
       ->capture_default_str();
