@@ -213,7 +213,8 @@ TEST(AttentionKernel, SimdMatchesPortable) {
       }
 }
 
-// A row whose position is outside the buffer is refused with a message, not written.
+// A row whose position is outside the buffer, or a batch without a length per row, is
+// refused with a message; nothing is written.
 TEST(AttentionKernel, PositionOutsideBufferThrows) {
   test::TempDir dir;
   const auto path = gqa_graph(dir.path(), false);
@@ -230,6 +231,19 @@ TEST(AttentionKernel, PositionOutsideBufferThrows) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("position 8"), std::string::npos) << e.what();
+  }
+  // two rows, one length: refused before anything is read
+  Step two{{random_tensor({2, 1, kHeads * kD}, rng), random_tensor({2, 1, kKvHeads * kD}, rng),
+            random_tensor({2, 1, kKvHeads * kD}, rng)},
+           random_tensor({2, kKvHeads, 8, kD}, rng),
+           random_tensor({2, kKvHeads, 8, kD}, rng),
+           {3},
+           8};
+  try {
+    run(kv, two, true);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("seqlens_k has 1 values, expected 2"), std::string::npos) << e.what();
   }
 }
 

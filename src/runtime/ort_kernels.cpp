@@ -83,9 +83,14 @@ struct GqaKernel {
     const auto qs = in[0].GetTensorTypeAndShapeInfo().GetShape();
     const auto ps = in[3].GetTensorTypeAndShapeInfo().GetShape();
     const int64_t per_row = packed ? num_heads + 2 * kv_num_heads : num_heads;
-    if (qs.size() != 3 || ps.size() != 4 || qs[2] % per_row || ps[1] != kv_num_heads || ps[3] != qs[2] / per_row)
+    if (qs.size() != 3 || ps.size() != 4 || qs[2] % per_row || ps[0] != qs[0] || ps[1] != kv_num_heads ||
+        ps[3] != qs[2] / per_row)
       throw Error("ai.kvrun GroupQueryAttention: query [B, S, " + std::to_string(per_row) +
                   " x head_size] and past_key [B, kv_heads, P, head_size] do not agree");
+    if (static_cast<int64_t>(in[5].GetTensorTypeAndShapeInfo().GetElementCount()) != qs[0])
+      throw Error("ai.kvrun GroupQueryAttention: seqlens_k has " +
+                  std::to_string(in[5].GetTensorTypeAndShapeInfo().GetElementCount()) + " values, expected " +
+                  std::to_string(qs[0]) + " (one per row)");
     const int64_t B = qs[0], S = qs[1], D = qs[2] / per_row, P = ps[2];
     const int64_t es = f16 ? 2 : 4;
     const int64_t total = *in[6].GetTensorData<int32_t>();
