@@ -18,6 +18,7 @@
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "kvrun/error.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -46,18 +47,7 @@ struct TempDir {
   size_t entries() const { return static_cast<size_t>(std::distance(fs::directory_iterator(path), {})); }
 };
 
-// Runs f, which must throw kvrun::Error whose message contains every fragment.
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& fragments) {
-  try {
-    f();
-    ADD_FAILURE() << "expected kvrun::Error, nothing was thrown";
-  } catch (const kvrun::Error& e) {
-    const std::string msg = e.what();
-    for (const auto& s : fragments) EXPECT_NE(msg.find(s), std::string::npos) << "'" << s << "' not in: " << msg;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected kvrun::Error, got another exception: " << e.what();
-  }
-}
+using kvrun::test::expect_error;
 
 void write_bytes(const fs::path& p, const std::string& bytes) {
   std::ofstream(p, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/fs.h"
+#include "kvrun/error.h"
 #include "runtime/package_model.h"
 
 namespace kvrun::test {
@@ -45,6 +46,18 @@ fs::path built_package(const std::string& fixture_name, const std::string& targe
   build_package(o);
   cache[key] = o.out;
   return o.out;
+}
+
+void expect_error(const std::function<void()>& f, const std::vector<std::string>& fragments) {
+  try {
+    f();
+    ADD_FAILURE() << "expected kvrun::Error, nothing was thrown";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& s : fragments) EXPECT_NE(msg.find(s), std::string::npos) << "'" << s << "' not in: " << msg;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected kvrun::Error, got another exception: " << e.what();
+  }
 }
 
 CliResult run_cli(const std::vector<std::string>& args, const std::string& stdin_text) {

@@ -49,6 +49,9 @@ std::filesystem::path built_package(const std::string& fixture_name, const std::
                                     const std::string& precision, bool all_logits = false,
                                     const std::string& kv_dtype = "auto");
 
+// Runs f, which must throw kvrun::Error whose message contains every fragment.
+void expect_error(const std::function<void()>& f, const std::vector<std::string>& fragments);
+
 struct CliResult {
   int exit_code = 0;
   std::string out;  // stdout + stderr
