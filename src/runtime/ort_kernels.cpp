@@ -87,9 +87,8 @@ struct GqaKernel {
         ps[3] != qs[2] / per_row)
       throw Error("ai.kvrun GroupQueryAttention: query [B, S, " + std::to_string(per_row) +
                   " x head_size] and past_key [B, kv_heads, P, head_size] do not agree");
-    if (static_cast<int64_t>(in[5].GetTensorTypeAndShapeInfo().GetElementCount()) != qs[0])
-      throw Error("ai.kvrun GroupQueryAttention: seqlens_k has " +
-                  std::to_string(in[5].GetTensorTypeAndShapeInfo().GetElementCount()) + " values, expected " +
+    if (const size_t lens = in[5].GetTensorTypeAndShapeInfo().GetElementCount(); static_cast<int64_t>(lens) != qs[0])
+      throw Error("ai.kvrun GroupQueryAttention: seqlens_k has " + std::to_string(lens) + " values, expected " +
                   std::to_string(qs[0]) + " (one per row)");
     const int64_t B = qs[0], S = qs[1], D = qs[2] / per_row, P = ps[2];
     const int64_t es = f16 ? 2 : 4;
