@@ -2,7 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "build/manifest.h"
+#include "package/manifest.h"
 #include "io/fs.h"
 #include "kvrun/error.h"
 

@@ -7,7 +7,7 @@
 #include <memory>
 #include <vector>
 
-#include "build/manifest.h"
+#include "package/manifest.h"
 #include "io/safetensors.h"
 #include "runtime/ort_session.h"
 

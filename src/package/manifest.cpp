@@ -1,4 +1,4 @@
-#include "build/manifest.h"
+#include "package/manifest.h"
 
 #include "arch/tensor_names.h"
 #include "io/fs.h"

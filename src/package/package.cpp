@@ -6,8 +6,8 @@
 
 #include "arch/decoder.h"
 #include "arch/tensor_names.h"
-#include "build/manifest.h"
-#include "build/quantize_package.h"
+#include "package/manifest.h"
+#include "package/quantize_package.h"
 #include "io/fs.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"

@@ -1,5 +1,5 @@
 // kvrun quantize: a package's decoder graphs (sharing one data file) or a single .onnx.
-#include "build/quantize_package.h"
+#include "package/quantize_package.h"
 
 #include <nlohmann/json.hpp>
 #include <set>
