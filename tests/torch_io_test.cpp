@@ -242,6 +242,7 @@ TEST(TorchCheckpoint, StorageBoundsAreChecked) {
       {tensor_pickle("FloatStorage", 6, 0, {2}, {-1}), bytes24, {"negative size or stride"}},
       {tensor_pickle("FloatStorage", 6, 0, {2, 3}, {3}), bytes24, {"size has 2 dimensions but stride 1"}},
       {tensor_pickle("FloatStorage", 0x7fffffff, 0, {2}, {1}), bytes24, {"expected 2147483647 x float32"}},
+      {tensor_pickle("FloatStorage", 6, 0, {5000, 5000}, {0, 0}), bytes24, {"overlapping view", "25000000"}},
       {tensor_pickle("EvilStorage", 6, 0, {2}, {1}), bytes24, {"refused global 'torch.EvilStorage'"}},
       {tensor_pickle("FloatStorage", 6, 0, {1 << 30, 1 << 30, 1 << 30}, {1, 1, 1}), bytes24, {"is too large"}},
   };

@@ -15,6 +15,7 @@ using pickle::Value;
 namespace {
 
 constexpr uint64_t kMaxPickleBytes = 256ull << 20;
+constexpr uint64_t kMaxExpandedElements = 1ull << 24;
 constexpr const char* kWrapKeys[] = {"state_dict", "model_state_dict", "model"};
 
 bool has_tensor(const Value* d) {
@@ -196,6 +197,11 @@ void TorchCheckpoint::load() {
     } else if (contiguous) {
       t.data = st.data + static_cast<uint64_t>(v->storage_offset) * es;
     } else {  // gather once, row-major
+      // Overlapping views (expand(): stride 0) could ask for far more bytes than the file holds.
+      if (numel > st.numel && numel > kMaxExpandedElements)
+        throw bad(where + "an overlapping view (size " + shape_str(v->size) + ", stride " + shape_str(v->stride) +
+                  ") of " + std::to_string(numel) + " elements over a storage of " + std::to_string(st.numel) +
+                  "; expanded views are accepted up to " + std::to_string(kMaxExpandedElements) + " elements");
       std::vector<uint8_t> buf(t.nbytes);
       const size_t rank = v->size.size();
       std::vector<int64_t> idx(rank, 0);

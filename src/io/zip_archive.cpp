@@ -61,6 +61,16 @@ void ZipArchive::advise_random() const {
 }
 
 void ZipArchive::open() {
+  try {
+    open_checked();
+  } catch (...) {  // the constructor throws: no destructor will free libzip's handle
+    if (zip_) zip_discard(static_cast<zip_t*>(zip_));
+    zip_ = nullptr;
+    throw;
+  }
+}
+
+void ZipArchive::open_checked() {
   if (size_ < 22)
     fail("not a zip archive: expected at least 22 bytes (the end-of-central-directory record), found " +
          std::to_string(size_) + " bytes (empty or truncated file?)");

@@ -60,6 +60,7 @@ class ZipArchive {
 
  private:
   void open();
+  void open_checked();
   [[noreturn]] void fail(const std::string& msg) const;
 
   std::string label_;
