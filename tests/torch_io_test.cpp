@@ -391,6 +391,18 @@ TEST(ZipArchive, ListsReadsAndLocatesStoredEntries) {
   expect_error([&] { z.read(two, 10); }, {"'a/two' is 1000 bytes, more than the limit of 10"});
 }
 
+TEST(ZipArchive, Zip64EndRecordsForManyEntries) {
+  TempDir d;
+  std::vector<std::pair<std::string, std::string>> entries;
+  for (int i = 0; i < 70000; ++i) entries.emplace_back("a/" + std::to_string(i), std::to_string(i));
+  write_stored_zip(d / "many.zip", entries);  // > 65535 entries: zip64 end-of-central-directory
+  const ZipArchive z(d / "many.zip");
+  ASSERT_EQ(z.entries().size(), 70000u);
+  const std::vector<uint8_t> r = z.read(z.get("a/69999"));
+  EXPECT_EQ(std::string(r.begin(), r.end()), "69999");
+  EXPECT_EQ(std::memcmp(z.stored_data(z.get("a/12345")), "12345", 5), 0);
+}
+
 TEST(ZipArchive, CorruptArchivesAreErrors) {
   TempDir d;
   write_stored_zip(d / "z.zip", {{"a/one", "hello"}, {"a/two", std::string(1000, 'x')}});
