@@ -57,8 +57,8 @@ struct Limits {
   size_t max_stack = 1u << 20;       // values on the stack
   size_t max_marks = 1u << 16;       // nested MARKs
   size_t max_memo = 1u << 20;        // memo entries
-  size_t max_values = 1u << 24;      // values created
-  size_t max_dict_items = 1u << 22;  // entries in one dict or list
+  size_t max_values = 1u << 21;      // values created (a 1300-tensor state dict makes ~30k)
+  size_t max_dict_items = 1u << 20;  // entries in one dict or list
 };
 
 // The unpickled tree; owns every value (cycles made by a hostile pickle are harmless).
