@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iomanip>
@@ -63,27 +64,45 @@ struct SndfileCloser {
 using SndfilePtr = std::unique_ptr<SNDFILE, SndfileCloser>;
 
 std::string format_name(int format) {
-  auto name = [](int command, int value) -> std::string {
+  auto name = [](int value) -> std::string {
     SF_FORMAT_INFO info{};
     info.format = value;
-    if (sf_command(nullptr, command, &info, sizeof(info)) != 0 || info.name == nullptr) return "";
+    if (sf_command(nullptr, SFC_GET_FORMAT_INFO, &info, sizeof(info)) != 0 || info.name == nullptr) return "";
     return info.name;
   };
-  std::string major = name(SFC_GET_FORMAT_MAJOR, format & SF_FORMAT_TYPEMASK);
+  std::string major = name(format & SF_FORMAT_TYPEMASK);
   // Major names look like "WAV (Microsoft)"; keep the first word.
   major = major.substr(0, major.find(' '));
-  std::string sub = name(SFC_GET_FORMAT_SUBTYPE, format & SF_FORMAT_SUBMASK);
+  std::string sub = name(format & SF_FORMAT_SUBMASK);
   if (major.empty()) major = "audio";
   return sub.empty() ? major : major + " " + sub;
 }
 
-// The libsndfile log says when a header promises more data than the file holds.
-bool log_says_truncated(SNDFILE* f) {
-  std::string log(8192, '\0');
+std::string sndfile_log(SNDFILE* f) {
+  std::string log(16384, '\0');
   int n = sf_command(f, SFC_GET_LOG_INFO, log.data(), static_cast<int>(log.size()));
-  log.resize(static_cast<size_t>(std::max(n, 0)));
-  return log.find("larger than file length") != std::string::npos ||
-         log.find("shorter than expected") != std::string::npos;
+  log.resize(static_cast<size_t>(std::clamp(n, 0, static_cast<int>(log.size()))));
+  return log;
+}
+
+// libsndfile clamps a WAV/AIFF data chunk that promises more bytes than the file holds and logs
+// "data : 32000 (should be 1000)". Streaming writers put 0 or 0xFFFFFFFF there: not truncation.
+// Returns the promised and the present byte counts when truncated.
+bool log_says_truncated(const std::string& log, unsigned long long* promised_out, unsigned long long* actual_out) {
+  for (size_t at = log.find("data : "); at != std::string::npos; at = log.find("data : ", at + 1)) {
+    const size_t eol = log.find('\n', at);
+    const std::string line = log.substr(at + 7, eol == std::string::npos ? std::string::npos : eol - at - 7);
+    const size_t should = line.find("(should be ");
+    if (should == std::string::npos) continue;
+    const unsigned long long promised = std::strtoull(line.c_str(), nullptr, 10);
+    const unsigned long long actual = std::strtoull(line.c_str() + should + 11, nullptr, 10);
+    if (promised > actual && promised != 0xFFFFFFFFull && promised != 0x7FFFFFFFull) {
+      *promised_out = promised;
+      *actual_out = actual;
+      return true;
+    }
+  }
+  return false;
 }
 
 Audio decode_open(SNDFILE* raw, const SF_INFO& info, const DecodeOptions& opt, const std::string& name,
@@ -112,9 +131,11 @@ Audio decode_open(SNDFILE* raw, const SF_INFO& info, const DecodeOptions& opt, c
   }
   const int major = info.format & SF_FORMAT_TYPEMASK;
   const bool exact_length = major != SF_FORMAT_MPEG;  // MP3 lengths are estimates
-  if (log_says_truncated(f.get())) {
+  unsigned long long promised = 0, present = 0;
+  if (log_says_truncated(sndfile_log(f.get()), &promised, &present)) {
     throw Error(name + ": truncated " + format + " file (" + std::to_string(byte_size) +
-                " bytes): its header promises more audio than the file holds; expected a complete file");
+                " bytes): its data chunk promises " + std::to_string(promised) + " bytes, the file holds " +
+                std::to_string(present) + "; expected a complete file");
   }
 
   std::vector<float> mono;
@@ -182,6 +203,16 @@ void check_options(const DecodeOptions& opt, const std::string& name) {
 
 std::string open_error(const std::string& name) {
   std::string why = sf_strerror(nullptr);
+  // A container libsndfile knows holding a codec it does not: its log names the format tag.
+  const std::string log = sndfile_log(nullptr);
+  const size_t unknown = log.find("=> Unknown format");
+  if (unknown != std::string::npos) {
+    const size_t colon = log.rfind(':', unknown);
+    std::string tag = log.substr(colon + 1, unknown - colon - 1);
+    tag.erase(0, tag.find_first_not_of(' '));
+    tag.erase(tag.find_last_not_of(' ') + 1);
+    return name + ": unknown codec (format tag " + tag + "); " + kExpected + " (PCM, float, FLAC, Vorbis, Opus, MP3)";
+  }
   return name + ": cannot decode: " + kExpected + "; found data libsndfile cannot read (" + why + ")";
 }
 
