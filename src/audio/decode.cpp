@@ -201,6 +201,22 @@ void check_options(const DecodeOptions& opt, const std::string& name) {
   }
 }
 
+// Only the four container families the front end promises reach libsndfile's parsers
+// (it reads a dozen more, e.g. AIFF, AU, CAF, PAF, whose parsers need not face untrusted bytes).
+void check_magic(const unsigned char* b, size_t n, const std::string& name) {
+  auto is = [&](const char* m) { return n >= 4 && std::memcmp(b, m, 4) == 0; };
+  if (is("RIFF") || is("RIFX") || is("RF64") || is("fLaC") || is("OggS")) return;
+  if (n >= 3 && std::memcmp(b, "ID3", 3) == 0) return;
+  if (n >= 2 && b[0] == 0xFF && (b[1] & 0xE0) == 0xE0) return;  // MPEG audio frame sync
+  std::ostringstream os;
+  os << name << ": cannot decode: " << kExpected << "; found " << n << " bytes starting with";
+  for (size_t i = 0; i < std::min<size_t>(n, 4); ++i) {
+    os << ' ' << std::hex << std::setw(2) << std::setfill('0') << static_cast<int>(b[i]);
+  }
+  os << " (no RIFF/RF64, fLaC, OggS, ID3 or MPEG frame header)";
+  throw Error(os.str());
+}
+
 std::string open_error(const std::string& name) {
   std::string why = sf_strerror(nullptr);
   // A container libsndfile knows holding a codec it does not: its log names the format tag.
@@ -334,6 +350,13 @@ Audio decode_file(const std::filesystem::path& path, const DecodeOptions& option
   auto size = std::filesystem::file_size(path, ec);
   if (ec) throw Error(name + ": cannot read the file size (" + ec.message() + ")");
   if (size == 0) throw Error(name + ": empty file (0 bytes); " + kExpected);
+  {
+    unsigned char head[4] = {0, 0, 0, 0};
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(name + ": cannot open the file for reading");
+    in.read(reinterpret_cast<char*>(head), 4);
+    check_magic(head, static_cast<size_t>(in.gcount()), name);
+  }
   SF_INFO info{};
   SNDFILE* f = sf_open(name.c_str(), SFM_READ, &info);
   if (f == nullptr) throw Error(open_error(name));
@@ -343,6 +366,7 @@ Audio decode_file(const std::filesystem::path& path, const DecodeOptions& option
 Audio decode_memory(const void* data, size_t size, const DecodeOptions& options, const std::string& name) {
   check_options(options, name);
   if (size == 0 || data == nullptr) throw Error(name + ": empty input (0 bytes); " + kExpected);
+  check_magic(static_cast<const unsigned char*>(data), size, name);
   MemoryFile mem;
   mem.data = static_cast<const unsigned char*>(data);
   mem.size = static_cast<sf_count_t>(size);
