@@ -29,11 +29,14 @@ What it writes (tests/fixtures/funasr-export/, everything fp32):
                                 past_key_i / past_value_i [batch, kv_heads, past_seq, head_dim]
                                 -> logits [batch, 1, vocab], present_* [batch, kv_heads, total_seq,
                                 head_dim]
-  expected.json  the fixture's LFR features, the adaptor rows fed to the LLM (the first N, N from
-            the reference's placeholder formula), the prompt ids around them and the greedy token
-            ids the torch model (FunASRNano.llm.generate, fp32) gives: the ids kvrun must produce.
-  Each folder also gets Qwen3-0.6B/config.json (copied from the model folder; the published
-  sherpa-onnx folder ships the tokenizer files there instead, which are too big for a fixture).
+  expected.json  for every run of the goldens (tests/fixtures/funasr-nano-tiny/goldens.json): the
+            prompt ids around the first N adaptor rows (<clip>.adaptor_out in goldens.safetensors)
+            and the reference's greedy ids (stop id removed): the ids kvrun must produce. The
+            script asserts that the exported torch modules reproduce the goldens' adaptor rows
+            (1e-4 relative) and generated ids, and --check runs both folders in onnxruntime.
+  Each folder also gets Qwen3-0.6B/config.json + generation_config.json (copied from the model
+  folder; the published sherpa-onnx folder ships the tokenizer files there instead, which are
+  too big for a fixture).
 
 Semantics followed (own implementation, same graph signatures and numerics as the scripts):
   KV-delta: past = cache_position[0]; the graph reads cache[:, :max(past, 1)], attends over
@@ -49,7 +52,8 @@ Size: the embedding table (= the tied LM head, 151936 x hidden floats) is the on
 To keep the fixtures small it is stored ONCE per folder in an external-data file
 (`weights.data`) that embedding.onnx and the LLM graphs all reference (the published exports
 store it inside each graph); the LM head is Transpose(table). The graphs' signatures are those of
-the scripts. Everything else is inline.
+the scripts. Everything else is inline. sherpa/weights.data and split/weights.data (and the two
+encoder_adaptor.onnx) are byte-identical, so git stores each once.
 
 Usage (from the repository root; tool versions: torch 2.11, transformers 5.23, funasr 1.4.16,
 onnx 1.23.2, onnxruntime 1.32.0):
@@ -324,7 +328,15 @@ def share_table(path, table, data_file):
 # ---------------------------------------------------------------------------------------------
 
 
-def export_all(model_dir, out, max_total_len, seed):
+def load_goldens(model_dir):
+    from safetensors.numpy import load_file
+
+    g = json.load(open(os.path.join(model_dir, "goldens.json")))
+    t = load_file(os.path.join(model_dir, "goldens.safetensors"))
+    return g, t
+
+
+def export_all(model_dir, out, max_total_len):
     import torch
 
     m, conf = load_funasr(model_dir)
@@ -334,34 +346,33 @@ def export_all(model_dir, out, max_total_len, seed):
     if not np.array_equal(table, m.llm.lm_head.weight.detach().float().numpy()):
         raise SystemExit("the fixture relies on tied embeddings (Qwen3-0.6B: tie_word_embeddings true)")
     enc_out = m.audio_encoder.output_size()
+    goldens, tensors = load_goldens(model_dir)
 
-    # features: the goldens' LFR features when present, else seeded random rows
-    feats, feats_from = None, "random (numpy seed %d)" % seed
-    gpath = os.path.join(model_dir, "golden.json")
-    if os.path.exists(gpath):
-        g = json.load(open(gpath))
-        for key in ("lfr_features", "features", "lfr"):
-            if key in g:
-                feats = np.asarray(g[key], dtype=np.float32)
-                feats_from = os.path.relpath(gpath, ROOT) + ":" + key
-                break
-    if feats is None:
-        feats = np.random.default_rng(seed).standard_normal((20, 560)).astype(np.float32)
-    T = feats.shape[0]
+    # The torch model, as exported, against the reference's goldens: adaptor rows and greedy ids.
+    runs = []
     with torch.no_grad():
-        adaptor = EncoderAdaptor()(torch.from_numpy(feats)[None])[0]
-        n = placeholder_count(T)
-        rows = adaptor[:n]
         emb = m.llm.model.embed_tokens
-        ctx = torch.cat([emb(torch.tensor(PREFIX)), rows, emb(torch.tensor(SUFFIX))])[None]
-        max_new = 24
-        gen = m.llm.generate(inputs_embeds=ctx, attention_mask=torch.ones(1, ctx.shape[1], dtype=torch.long),
-                             max_new_tokens=max_new, do_sample=False, eos_token_id=EOS, pad_token_id=EOS)
-        greedy = [int(t) for t in gen[0].tolist()]
-    if greedy and greedy[-1] == EOS:
-        greedy = greedy[:-1]
-    context = len(PREFIX) + n + len(SUFFIX)
-    print(f"features {T} rows -> {n} adaptor rows; context {context}; greedy {len(greedy)} ids: {greedy}")
+        for r in goldens["runs"]:
+            clip, n = r["clip"], r["N"]
+            feats = torch.from_numpy(tensors[clip + ".features"].copy())
+            ref = tensors[clip + ".adaptor_out"]
+            got = EncoderAdaptor()(feats[None])[0].numpy()
+            err = float(np.abs(got - ref).max()) / float(np.abs(ref).max())
+            if err > 1e-4:
+                raise SystemExit(f"{clip}: the exported encoder+adaptor differs from the goldens (rel {err:.2e})")
+            rows = torch.from_numpy(ref[:n].copy())
+            ctx = torch.cat([emb(torch.tensor(r["prefix_ids"])), rows, emb(torch.tensor(r["suffix_ids"]))])[None]
+            gen = m.llm.generate(inputs_embeds=ctx, attention_mask=torch.ones(1, ctx.shape[1], dtype=torch.long),
+                                 max_new_tokens=goldens["max_new_tokens"], do_sample=False, eos_token_id=EOS,
+                                 pad_token_id=EOS)
+            ids = [int(t) for t in gen[0].tolist()]
+            if ids != r["generated_ids"]:
+                raise SystemExit(f"{clip}/{r['variant']}: llm.generate gives {ids}, the goldens {r['generated_ids']}")
+            greedy = ids[:-1] if r["stopped_on_eos"] else ids
+            runs.append({"clip": clip, "variant": r["variant"], "N": n, "prefix_ids": r["prefix_ids"],
+                         "suffix_ids": r["suffix_ids"], "context_len": len(r["prefix_ids"]) + n + len(r["suffix_ids"]),
+                         "greedy_ids": greedy, "stopped_on_eos": r["stopped_on_eos"]})
+            print(f"{clip}/{r['variant']}: N {n}, context {runs[-1]['context_len']}, {len(greedy)} ids = goldens")
 
     llm_meta = {
         "model_type": "qwen3_causallm_unified_prefill_decode_kv_delta",
@@ -389,7 +400,8 @@ def export_all(model_dir, out, max_total_len, seed):
         d_out = os.path.join(out, layout)
         shutil.rmtree(d_out, ignore_errors=True)
         os.makedirs(os.path.join(d_out, "Qwen3-0.6B"))
-        shutil.copy(os.path.join(model_dir, "Qwen3-0.6B", "config.json"), os.path.join(d_out, "Qwen3-0.6B"))
+        for f in ("config.json", "generation_config.json"):
+            shutil.copy(os.path.join(model_dir, "Qwen3-0.6B", f), os.path.join(d_out, "Qwen3-0.6B"))
         with torch.no_grad():
             p = os.path.join(d_out, "encoder_adaptor.onnx")
             export(EncoderAdaptor(), (torch.randn(1, 30, 560),), p, ["x"], ["encoder_out"],
@@ -445,26 +457,24 @@ def export_all(model_dir, out, max_total_len, seed):
                        ["inputs_embeds", "attention_mask"] + pins, outs, axes, 17)
                 set_meta(p, split_meta)
                 share_table(p, table, DATA)
-        with open(os.path.join(d_out, DATA), "wb") as f:
+    # The same bytes in both folders (git stores one blob; ONNX Runtime refuses external data
+    # reached through a link that leaves the model's folder).
+    for layout in ("sherpa", "split"):
+        with open(os.path.join(out, layout, DATA), "wb") as f:
             f.write(table.tobytes())
 
     expected = {
-        "about": "tools/make_funasr_export_fixtures.py: greedy ids of the torch model (FunASRNano.llm.generate, "
-                 "fp32) for prefix ids + the first N adaptor rows + suffix ids; kvrun must produce the same ids",
-        "model": os.path.relpath(os.path.abspath(model_dir), ROOT),
-        "features_from": feats_from,
-        "lfr_features_shape": list(feats.shape),
-        "lfr_features": [[round(float(v), 6) for v in r] for r in feats] if feats_from.startswith("random") else None,
-        "adaptor_rows": n,
+        "about": "tools/make_funasr_export_fixtures.py: for every run of the goldens, the prompt ids around the "
+                 "first N adaptor rows (<clip>.adaptor_out in the goldens' safetensors) and the greedy ids of "
+                 "the reference (goldens generated_ids, stop id removed), which the exported torch model and both "
+                 "exported layouts reproduce; kvrun must too",
+        "goldens": os.path.relpath(os.path.join(os.path.abspath(model_dir), "goldens.safetensors"),
+                                   os.path.abspath(out)),
         "hidden_size": H,
-        "adaptor_out": [[float(v) for v in r] for r in rows.numpy()],
-        "prefix_ids": PREFIX,
-        "suffix_ids": SUFFIX,
-        "context_len": context,
         "max_total_len": max_total_len,
         "eos_id": EOS,
-        "max_new_tokens": max_new,
-        "greedy_ids": greedy,
+        "max_new_tokens": goldens["max_new_tokens"],
+        "runs": runs,
     }
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
@@ -476,72 +486,70 @@ def export_all(model_dir, out, max_total_len, seed):
 # --check: plain onnxruntime loops over the written folders
 
 
-def check(out):
+def check(out, model_dir):
     import onnxruntime as ort
 
     exp = json.load(open(os.path.join(out, "expected.json")))
-    rows = np.asarray(exp["adaptor_out"], dtype=np.float32)
+    _, tensors = load_goldens(model_dir)
     so = ort.SessionOptions()
     so.log_severity_level = 3
 
     def sess(layout, f):
         return ort.InferenceSession(os.path.join(out, layout, f), so, providers=["CPUExecutionProvider"])
 
-    def ctx(emb):
-        e = lambda ids: emb.run(None, {"input_ids": np.asarray([ids], dtype=np.int64)})[0][0]  # noqa
-        return np.concatenate([e(exp["prefix_ids"]), rows, e(exp["suffix_ids"])])[None], e
-
-    # encoder_adaptor: the adaptor rows of the features
-    if exp.get("lfr_features"):
-        enc = sess("sherpa", "encoder_adaptor.onnx")
-        a = enc.run(None, {"x": np.asarray([exp["lfr_features"]], dtype=np.float32)})[0][0]
-        diff = float(np.abs(a[: exp["adaptor_rows"]] - rows).max())
-        print(f"encoder_adaptor: {a.shape}, max |diff| vs adaptor_out {diff:.2e}")
-        assert diff < 1e-4
-
-    # sherpa: fixed cache, deltas copied into rows [past, past + seq)
     llm = sess("sherpa", "llm.onnx")
     meta = llm.get_modelmeta().custom_metadata_map
     M, L = int(meta["max_total_len"]), int(meta["num_layers"])
     KV, D = int(meta["num_kv_heads"]), int(meta["head_dim"])
-    x, e = ctx(sess("sherpa", "embedding.onnx"))
-    cache = [np.zeros((1, M, KV, D), np.float32) for _ in range(2 * L)]
-    past, out_ids = 0, []
-    while len(out_ids) < exp["max_new_tokens"]:
-        S = x.shape[1]
-        feed = {"inputs_embeds": x, "attention_mask": np.ones((1, past + S), np.int64),
-                "cache_position": np.arange(past, past + S, dtype=np.int64)}
-        for i in range(L):
-            feed[f"cache_key_{i}"], feed[f"cache_value_{i}"] = cache[2 * i], cache[2 * i + 1]
-        r = llm.run(None, feed)
-        for j in range(2 * L):
-            cache[j][:, past: past + S] = r[1 + j]
-        past += S
-        t = int(r[0][0, -1].argmax())
-        if t == exp["eos_id"]:
-            break
-        out_ids.append(t)
-        x = e([t])[None]
-    print("sherpa greedy", "OK" if out_ids == exp["greedy_ids"] else "MISMATCH", out_ids)
-    assert out_ids == exp["greedy_ids"]
-
-    # split: prefill, then decode with the presents as pasts
     pre, dec = sess("split", "llm_prefill.onnx"), sess("split", "llm_decode.onnx")
-    x, e = ctx(sess("split", "embedding.onnx"))
-    r = pre.run(None, {"inputs_embeds": x, "attention_mask": np.ones((1, x.shape[1]), np.int64)})
-    out_ids, n = [], x.shape[1]
-    while True:
-        t = int(r[0][0, -1].argmax())
-        if t == exp["eos_id"] or len(out_ids) == exp["max_new_tokens"]:
-            break
-        out_ids.append(t)
-        n += 1
-        feed = {"inputs_embeds": e([t])[None], "attention_mask": np.ones((1, n), np.int64)}
-        for i in range(L):
-            feed[f"past_key_{i}"], feed[f"past_value_{i}"] = r[1 + 2 * i], r[2 + 2 * i]
-        r = dec.run(None, feed)
-    print("split greedy", "OK" if out_ids == exp["greedy_ids"] else "MISMATCH", out_ids)
-    assert out_ids == exp["greedy_ids"]
+    for layout in ("sherpa", "split"):
+        enc, emb = sess(layout, "encoder_adaptor.onnx"), sess(layout, "embedding.onnx")
+        e = lambda ids: emb.run(None, {"input_ids": np.asarray([ids], dtype=np.int64)})[0][0]  # noqa
+        worst = 0.0
+        for run in exp["runs"]:
+            clip = run["clip"]
+            a = enc.run(None, {"x": tensors[clip + ".features"][None]})[0][0]
+            ref = tensors[clip + ".adaptor_out"]
+            worst = max(worst, float(np.abs(a - ref).max()) / float(np.abs(ref).max()))
+            rows = ref[: run["N"]]
+            x = np.concatenate([e(run["prefix_ids"]), rows, e(run["suffix_ids"])])[None]
+            out_ids = []
+            if layout == "sherpa":  # fixed cache, deltas copied into rows [past, past + seq)
+                cache = [np.zeros((1, M, KV, D), np.float32) for _ in range(2 * L)]
+                past = 0
+                while len(out_ids) < exp["max_new_tokens"]:
+                    S = x.shape[1]
+                    feed = {"inputs_embeds": x, "attention_mask": np.ones((1, past + S), np.int64),
+                            "cache_position": np.arange(past, past + S, dtype=np.int64)}
+                    for i in range(L):
+                        feed[f"cache_key_{i}"], feed[f"cache_value_{i}"] = cache[2 * i], cache[2 * i + 1]
+                    r = llm.run(None, feed)
+                    for j in range(2 * L):
+                        cache[j][:, past: past + S] = r[1 + j]
+                    past += S
+                    t = int(r[0][0, -1].argmax())
+                    if t == exp["eos_id"]:
+                        break
+                    out_ids.append(t)
+                    x = e([t])[None]
+            else:  # prefill, then decode with the presents as pasts
+                r = pre.run(None, {"inputs_embeds": x, "attention_mask": np.ones((1, x.shape[1]), np.int64)})
+                n = x.shape[1]
+                while True:
+                    t = int(r[0][0, -1].argmax())
+                    if t == exp["eos_id"] or len(out_ids) == exp["max_new_tokens"]:
+                        break
+                    out_ids.append(t)
+                    n += 1
+                    feed = {"inputs_embeds": e([t])[None], "attention_mask": np.ones((1, n), np.int64)}
+                    for i in range(L):
+                        feed[f"past_key_{i}"], feed[f"past_value_{i}"] = r[1 + 2 * i], r[2 + 2 * i]
+                    r = dec.run(None, feed)
+            ok = out_ids == run["greedy_ids"]
+            print(f"{layout} {clip}/{run['variant']}: greedy {'OK' if ok else 'MISMATCH'} ({len(out_ids)} ids)")
+            assert ok, (out_ids, run["greedy_ids"])
+        print(f"{layout} encoder_adaptor.onnx vs goldens adaptor_out: max rel diff {worst:.2e}")
+        assert worst < 1e-4
 
 
 def main():
@@ -549,16 +557,17 @@ def main():
     ap.add_argument("--model", default=os.path.join(ROOT, "tests", "fixtures", "funasr-nano-tiny"))
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures", "funasr-export"))
     ap.add_argument("--max-total-len", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--check", action="store_true", help="only run the onnxruntime checks on --out")
     a = ap.parse_args()
     if not a.check:
-        export_all(a.model, a.out, a.max_total_len, a.seed)
-    check(a.out)
+        export_all(a.model, a.out, a.max_total_len)
+    check(a.out, a.model)
     for layout in ("sherpa", "split"):
         for f in sorted(os.listdir(os.path.join(a.out, layout))):
             p = os.path.join(a.out, layout, f)
-            if os.path.isfile(p):
+            if os.path.islink(p):
+                print(f"  {layout}/{f} -> {os.readlink(p)}")
+            elif os.path.isfile(p):
                 print(f"  {layout}/{f}: {os.path.getsize(p)} bytes")
     return 0
 
