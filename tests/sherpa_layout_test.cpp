@@ -15,6 +15,8 @@
 #include "io/safetensors.h"
 #include "kvrun/error.h"
 #include "kvrun/runtime.h"
+#include "runtime/ort_session.h"
+#include "runtime/signature.h"
 #include "test_util.h"
 
 namespace kvrun {
@@ -99,6 +101,23 @@ TEST(SherpaLayout, DetectedFromSignatureAndMetadata) {
   // eos from the LLM's config.json in the Qwen3-0.6B/ subfolder
   EXPECT_NE(std::find(i.eos_ids.begin(), i.eos_ids.end(), 151645), i.eos_ids.end());
   EXPECT_NE(i.to_text().find("fixed buffer + new rows"), std::string::npos);
+}
+
+// What a front end reads from encoder_adaptor.onnx (runtime::Session::metadata()).
+TEST(SherpaLayout, EncoderAdaptorMetadata) {
+  for (const char* layout : {"sherpa", "split"}) {
+    runtime::Session enc(export_dir() / layout / "encoder_adaptor.onnx");
+    const auto& md = enc.metadata();
+    EXPECT_EQ(md.at("model_type"), "sense_voice_encoder_adaptor");
+    EXPECT_EQ(md.at("lfr_window_size"), "7");
+    EXPECT_EQ(md.at("lfr_window_shift"), "6");
+    EXPECT_EQ(md.at("normalize_samples"), "0");
+    EXPECT_EQ(md.at("encoder_output_size"), "16");
+    EXPECT_EQ(md.at("llm_dim"), "8");
+    ASSERT_EQ(enc.inputs().size(), 1u);
+    EXPECT_EQ(runtime::io_str(enc.inputs()[0]), "float32 [1, T, 560]");
+    EXPECT_EQ(enc.outputs().at(0).name, "encoder_out");
+  }
 }
 
 TEST(SherpaLayout, GreedyMatchesReference) {
