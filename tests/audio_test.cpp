@@ -207,6 +207,10 @@ TEST(AudioDecode, BadInputIsOneClearError) {
   std::string flac = read_bytes(clip("speech_16k.flac"));
   write_bytes(dir / "half.flac", flac.substr(0, flac.size() / 2));
   expect_error([&] { audio::decode_file(dir / "half.flac"); }, {"half.flac", "truncated"});
+  // Half an Ogg/Vorbis stream (its length is unknown to libsndfile).
+  std::string ogg = read_bytes(clip("speech_48k.ogg"));
+  write_bytes(dir / "half.ogg", ogg.substr(0, ogg.size() / 2));
+  expect_error([&] { audio::decode_file(dir / "half.ogg"); }, {"half.ogg", "truncated or corrupt"});
   // Only a header.
   write_bytes(dir / "header.wav", wav_bytes(1, 1, 16000, 16, "", 0).substr(0, 20));
   expect_error([&] { audio::decode_file(dir / "header.wav"); }, {"header.wav"});
@@ -234,6 +238,14 @@ TEST(AudioDecode, BadInputIsOneClearError) {
   audio::DecodeOptions shortmax;
   shortmax.max_seconds = 1;
   expect_error([&] { audio::decode_file(dir / "long.wav", shortmax); }, {"long.wav", "2.000 s long", "at most 1"});
+  // Three hours of 16 kHz PCM (a sparse file): refused from the header, before any decoding.
+  {
+    const uint32_t bytes = 3u * 3600u * 16000u * 2u;
+    write_bytes(dir / "3h.wav", wav_bytes(1, 1, 16000, 16, "", bytes));
+    std::filesystem::resize_file(dir / "3h.wav", 44 + static_cast<uintmax_t>(bytes));
+    expect_error([&] { audio::decode_file(dir / "3h.wav"); }, {"3h.wav", "3.0 h long", "at most 2.0 h"});
+    std::filesystem::remove(dir / "3h.wav");
+  }
   // Too many channels; an absurd rate; a bad resampler name.
   audio::DecodeOptions two_ch;
   two_ch.max_channels = 2;

@@ -124,7 +124,10 @@ Audio decode_open(SNDFILE* raw, const SF_INFO& info, const DecodeOptions& opt, c
   const double rate = info.samplerate;
   const std::string format = format_name(info.format);
   const auto max_frames = static_cast<sf_count_t>(opt.max_seconds * rate);
-  if (info.frames > max_frames) {
+  // libsndfile reports SF_COUNT_MAX when it cannot know the length (e.g. an Ogg stream without
+  // a final granule position); the limit is then enforced while decoding.
+  const bool length_known = info.frames >= 0 && info.frames < SF_COUNT_MAX;
+  if (length_known && info.frames > max_frames) {
     throw Error(name + ": audio is " + fmt_seconds(static_cast<double>(info.frames) / rate) + " long (" +
                 std::to_string(info.frames) + " frames at " + std::to_string(info.samplerate) +
                 " Hz); expected at most " + fmt_seconds(opt.max_seconds) + " per input (cut it into shorter files)");
@@ -139,7 +142,7 @@ Audio decode_open(SNDFILE* raw, const SF_INFO& info, const DecodeOptions& opt, c
   }
 
   std::vector<float> mono;
-  mono.reserve(static_cast<size_t>(std::clamp<sf_count_t>(info.frames, 0, sf_count_t{1} << 24)));
+  mono.reserve(static_cast<size_t>(length_known ? std::clamp<sf_count_t>(info.frames, 0, sf_count_t{1} << 24) : 0));
   constexpr sf_count_t kChunk = 16384;
   std::vector<float> buf(static_cast<size_t>(kChunk * ch));
   sf_count_t total = 0;
@@ -173,9 +176,13 @@ Audio decode_open(SNDFILE* raw, const SF_INFO& info, const DecodeOptions& opt, c
     throw Error(name + ": corrupt " + format + " data after " + std::to_string(total) +
                 " frames (libsndfile: " + sf_error_number(err) + "); " + kExpected);
   }
-  if (exact_length && info.frames > 0 && total < info.frames) {
+  if (exact_length && length_known && info.frames > 0 && total < info.frames) {
     throw Error(name + ": truncated " + format + " file: the header promises " + std::to_string(info.frames) +
                 " frames, only " + std::to_string(total) + " could be decoded; expected a complete file");
+  }
+  if (mono.empty() && !length_known) {
+    throw Error(name + ": truncated or corrupt " + format +
+                " stream: no audio could be decoded from it; expected a complete file");
   }
   if (mono.empty()) {
     throw Error(name + ": " + format + " file holds no audio samples (0 frames); expected at least one sample");
