@@ -108,6 +108,28 @@ TEST(AudioFeatures, MatchFunasrOnEveryClip) {
   }
 }
 
+// The model-level goldens (tests/fixtures/funasr-nano-tiny, tools/make_funasr_goldens.py) hold
+// the features funasr built inside AutoModel.generate for five longer clips (2.7-6.9 s).
+TEST(AudioFeatures, MatchFunasrNanoGoldens) {
+  const std::filesystem::path dir = fixture("funasr-nano-tiny");
+  if (!std::filesystem::exists(dir / "goldens.safetensors")) GTEST_SKIP() << "no funasr-nano-tiny fixture";
+  io::TensorStore store(dir / "goldens.safetensors");
+  for (const char* name : {"hello_16k", "kvrun_16k", "fox_16k", "stereo_16k", "call_8k"}) {
+    SCOPED_TRACE(name);
+    int64_t rows = 0;
+    std::vector<float> got =
+        audio::features(audio::decode_file(dir / (std::string(name) + ".wav")), audio::FrontendOptions{}, &rows);
+    const io::TensorView& t = store.get(std::string(name) + ".features");
+    ASSERT_EQ(t.shape, (std::vector<int64_t>{rows, 560}));
+    std::vector<float> want(t.nbytes / sizeof(float));
+    std::memcpy(want.data(), t.data, t.nbytes);
+    const float d = max_abs_diff(got, want);
+    std::printf("[ audio    ] funasr-nano-tiny/%-12s rows %3lld  max |diff| %.3g\n", name, static_cast<long long>(rows),
+                d);
+    EXPECT_LE(d, 1e-3f);
+  }
+}
+
 TEST(AudioFeatures, RawFbankMatchesTorchaudio) {
   audio::Audio a = audio::decode_file(clip("speech_16k_s16.wav"));
   audio::FrontendOptions opt;

@@ -290,6 +290,15 @@ std::vector<float> resample_sinc(const std::vector<float>& x, int from_rate, int
   const auto n = static_cast<int64_t>(x.size());
   // ceil(new * length / orig) in float64, as torch.
   const auto out_len = static_cast<int64_t>(std::ceil(static_cast<double>(nnew * n) / static_cast<double>(orig)));
+  // torch's conv1d sums the taps in kernel order in float32. Which kernel runs depends on the
+  // padded input's size (aten use_mkldnn: more than 20480 elements -> oneDNN): oneDNN rounds
+  // once per tap (fused multiply-add), the native im2col path rounds product and sum apart.
+  // Reproducing that rounding bit for bit matters for 8 kHz input: above 4 kHz the resampled
+  // signal holds little but float32 rounding noise, which the quietest mel bins then measure.
+  // The native path's gemm fuses too once the kernel has more than two rows (measured on
+  // torch 2.11: bit-exact for every rate on the oneDNN path and for 8/12/32/48 kHz on the
+  // native one; 11.025/22.05/44.1 kHz inputs under ~0.5 s differ from it by 1 ulp at times).
+  const bool fused = n + 2 * width + orig > 20480 || nnew > 2;
   std::vector<float> y(static_cast<size_t>(out_len));
   for (int64_t o = 0; o < out_len; ++o) {
     const int64_t k = o / nnew;
@@ -299,13 +308,15 @@ std::vector<float> resample_sinc(const std::vector<float>& x, int from_rate, int
     const auto taps = static_cast<int64_t>(row.taps.size());
     const int64_t a = std::max<int64_t>(0, -start);
     const int64_t b = std::min<int64_t>(taps, n - start);
-    // float32, taps in kernel order, product and sum rounded separately: what torch's conv1d
-    // computes for the short kernels of 8/24/32 kHz input, bit for bit (other rates differ
-    // from it by about 1 ulp: torch's summation order there depends on its conv algorithm).
     float acc = 0;
-    for (int64_t i = a; i < b; ++i) {
-      const float p = row.taps[static_cast<size_t>(i)] * x[static_cast<size_t>(start + i)];
-      acc += p;
+    if (fused) {
+      for (int64_t i = a; i < b; ++i)
+        acc = std::fma(row.taps[static_cast<size_t>(i)], x[static_cast<size_t>(start + i)], acc);
+    } else {
+      for (int64_t i = a; i < b; ++i) {
+        const float p = row.taps[static_cast<size_t>(i)] * x[static_cast<size_t>(start + i)];
+        acc += p;
+      }
     }
     y[static_cast<size_t>(o)] = acc;
   }
