@@ -257,8 +257,13 @@ std::vector<float> resample_sinc(const std::vector<float>& x, int from_rate, int
     int64_t first = 0;  // kernel index of taps[0]
     std::vector<float> taps;
   };
-  std::vector<Row> rows(static_cast<size_t>(nnew));
-  for (int64_t j = 0; j < nnew; ++j) {
+  const auto n = static_cast<int64_t>(x.size());
+  // ceil(new * length / orig) in float64, as torch.
+  const auto out_len = static_cast<int64_t>(std::ceil(static_cast<double>(nnew * n) / static_cast<double>(orig)));
+  // Only the phases the output uses (all of them once it is longer than nnew samples).
+  const int64_t phases = std::min(nnew, std::max<int64_t>(out_len, 1));
+  std::vector<Row> rows(static_cast<size_t>(phases));
+  for (int64_t j = 0; j < phases; ++j) {
     // torch: arange(0, -new, -1) / new is computed in float32, then added to float64 idx.
     const double tj = static_cast<double>(static_cast<float>(-j) / static_cast<float>(nnew));
     // |t| < kWidth  <=>  (m - width) / orig in (-kWidth / base - tj, kWidth / base - tj)
@@ -287,9 +292,6 @@ std::vector<float> resample_sinc(const std::vector<float>& x, int from_rate, int
     if (row.first < 0) row.first = 0;
   }
 
-  const auto n = static_cast<int64_t>(x.size());
-  // ceil(new * length / orig) in float64, as torch.
-  const auto out_len = static_cast<int64_t>(std::ceil(static_cast<double>(nnew * n) / static_cast<double>(orig)));
   // torch's conv1d sums the taps in kernel order in float32. Which kernel runs depends on the
   // padded input's size (aten use_mkldnn: more than 20480 elements -> oneDNN): oneDNN rounds
   // once per tap (fused multiply-add), the native im2col path rounds product and sum apart.
