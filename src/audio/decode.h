@@ -7,7 +7,11 @@
 //     polyphase after gcd reduction of the two rates). libsoxr ("soxr_hq") is available instead.
 // Bad input (empty, truncated, corrupt, unknown codec, no samples, NaN/Inf samples, absurd
 // lengths, too many channels) is refused with one kvrun::Error line: what was expected and
-// what was found. Memory is bounded by the audio's duration (max_seconds).
+// what was found. Memory is bounded by the audio's duration (max_seconds). A WAV/AIFF data
+// chunk or a FLAC stream shorter than its header says is refused as truncated; MP3 has no exact
+// length, so a cut MP3 decodes up to the cut (libmpg123 may print notes on stderr meanwhile).
+// Only RIFF/RF64 (WAV), FLAC, Ogg and MPEG audio bytes reach libsndfile's parsers.
+// Not thread-safe for error messages: libsndfile keeps its last open error globally.
 #pragma once
 #include <cstddef>
 #include <cstdint>
