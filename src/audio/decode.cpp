@@ -226,6 +226,8 @@ void check_magic(const unsigned char* b, size_t n, const std::string& name) {
 
 std::string open_error(const std::string& name) {
   std::string why = sf_strerror(nullptr);
+  std::replace(why.begin(), why.end(), '\n', ' ');  // one line
+  while (!why.empty() && why.back() == ' ') why.pop_back();
   // A container libsndfile knows holding a codec it does not: its log names the format tag.
   const std::string log = sndfile_log(nullptr);
   const size_t unknown = log.find("=> Unknown format");
