@@ -1,8 +1,10 @@
 // Audio decoding with libsndfile, down-mix, and the reference's resampler (see decode.h).
 #include "audio/decode.h"
 
+#include <fcntl.h>
 #include <sndfile.h>
 #include <soxr.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -29,6 +31,39 @@ std::string fmt_seconds(double s) {
     os << std::fixed << std::setprecision(s < 10 ? 3 : 1) << s << " s";
   }
   return os.str();
+}
+
+// Points fd 2 at /dev/null for its lifetime (DecodeOptions::silence_codec_messages).
+class StderrSilencer {
+ public:
+  explicit StderrSilencer(bool on) {
+    if (!on) return;
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (saved_ < 0 || null < 0 || ::dup2(null, 2) < 0) {
+      if (null >= 0) ::close(null);
+      if (saved_ >= 0) ::close(saved_);
+      saved_ = -1;
+      return;
+    }
+    ::close(null);
+  }
+  ~StderrSilencer() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+  }
+  StderrSilencer(const StderrSilencer&) = delete;
+  StderrSilencer& operator=(const StderrSilencer&) = delete;
+
+ private:
+  int saved_ = -1;
+};
+
+bool is_mpeg(const unsigned char* b, size_t n) {
+  return (n >= 3 && std::memcmp(b, "ID3", 3) == 0) || (n >= 2 && b[0] == 0xFF && (b[1] & 0xE0) == 0xE0);
 }
 
 // libsndfile virtual I/O over a memory buffer.
@@ -372,13 +407,16 @@ Audio decode_file(const std::filesystem::path& path, const DecodeOptions& option
   auto size = std::filesystem::file_size(path, ec);
   if (ec) throw Error(name + ": cannot read the file size (" + ec.message() + ")");
   if (size == 0) throw Error(name + ": empty file (0 bytes); " + kExpected);
+  bool mpeg = false;
   {
     unsigned char head[4] = {0, 0, 0, 0};
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error(name + ": cannot open the file for reading");
     in.read(reinterpret_cast<char*>(head), 4);
     check_magic(head, static_cast<size_t>(in.gcount()), name);
+    mpeg = is_mpeg(head, static_cast<size_t>(in.gcount()));
   }
+  StderrSilencer quiet(options.silence_codec_messages && mpeg);
   SF_INFO info{};
   SNDFILE* f = sf_open(name.c_str(), SFM_READ, &info);
   if (f == nullptr) throw Error(open_error(name));
@@ -389,6 +427,7 @@ Audio decode_memory(const void* data, size_t size, const DecodeOptions& options,
   check_options(options, name);
   if (size == 0 || data == nullptr) throw Error(name + ": empty input (0 bytes); " + kExpected);
   check_magic(static_cast<const unsigned char*>(data), size, name);
+  StderrSilencer quiet(options.silence_codec_messages && is_mpeg(static_cast<const unsigned char*>(data), size));
   MemoryFile mem;
   mem.data = static_cast<const unsigned char*>(data);
   mem.size = static_cast<sf_count_t>(size);
