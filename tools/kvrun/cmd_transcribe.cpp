@@ -85,6 +85,7 @@ int run_transcribe(TranscribeCliOptions& o) {
     all.prompt_tokens += t.stats.prompt_tokens;
     all.generated_tokens += t.stats.generated_tokens;
   }
+  std::fflush(stdout);
   if (o.stats && !o.json)
     std::fprintf(stderr,
                  "audio %.2f s, RTF %.3f (total %.3f s): front end %.3f s, encoder-adaptor %.3f s, prefill %.3f s "
