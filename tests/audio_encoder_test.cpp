@@ -287,7 +287,7 @@ TEST_P(AudioEncoderGraph, MatchesReferenceAtAnyLength) {
   }
 
   // weight-only quantization: runs and stays close to the fp32 reference
-  std::vector<std::string> precisions = {"int8"};
+  std::vector<std::string> precisions = {"int8", "int8-weight-only"};
   if (target == Target::Ort) precisions.push_back("int4");
   const int64_t T = 50;
   const auto feats = random_feats(T * dm.input, 99);
@@ -304,13 +304,13 @@ TEST_P(AudioEncoderGraph, MatchesReferenceAtAnyLength) {
     std::printf("[ encoder  ] %s %s (%s) T=%lld: RMS relative error %.4f, max|diff| %.3g of max|out| %.4g\n",
                 GetParam().c_str(), p.c_str(), used.mode.c_str(), static_cast<long long>(T), d.rms_rel, d.max_abs,
                 d.max_ref);
-    EXPECT_LT(d.rms_rel, p == "int8" ? 0.05 : 0.3) << p;
+    EXPECT_LT(d.rms_rel, p == "int4" ? 0.3 : 0.08) << p;
   }
   if (target == Target::Portable)
     expect_error([&] { arch::quantize_audio_encoder(dir / "encoder_adaptor.onnx", dir / "x.onnx", "int4", target); },
                  {"int4", "MatMulNBits"});
   expect_error([&] { arch::quantize_audio_encoder(dir / "encoder_adaptor.onnx", dir / "x.onnx", "fp8", target); },
-               {"int8 or int4", "fp8"});
+               {"int8, int8-weight-only or int4", "fp8"});
 }
 
 INSTANTIATE_TEST_SUITE_P(Targets, AudioEncoderGraph, ::testing::Values("ort", "portable"));

@@ -14,12 +14,16 @@ using graph::Dim;
 using graph::GraphBuilder;
 using nlohmann::json;
 
-// int8 on target ort: MatMulNBits 8-bit (weight-only, blocks of 32 along K, int8 compute
-// with accuracy_level 4) rather than DynamicQuantizeMatMul (per-tensor uint8 activations).
-// Measured with ONNX Runtime 1.22 (the npm build kvrun links) on this project's 2-core
-// x86 machine, 2 threads, a 500x512 @ 512x2048 MatMul: see kvrun's encoder report
-// (MatMulNBits 8-bit is both faster and more accurate on the adaptor's ~1e3 activations).
-const char* const kEncoderInt8Mode = "int8";
+// int8: DynamicQuantizeMatMul (int8 per-channel weights, uint8 activations quantized per
+// tensor at run time), not MatMulNBits 8-bit. Measured with the ONNX Runtime kvrun links
+// (npm onnxruntime-node build), 2 intra-op threads, on this project's AMD EPYC (AVX-512
+// VNNI) build machine, best of 30, machine shared with other jobs:
+//   MatMul 500x512 @ 512x2048   fp32 29.3 ms | MatMulNBits 8-bit (acc. level 4) 11.7 ms,
+//                               rms err 0.75% | DynamicQuantizeMatMul 2.7 ms, rms err 1.8%
+//   encoder+adaptor at real widths (4+2 SAN-M blocks, 2 adaptor blocks), T = 500, best of 5:
+//     fp32 1563 ms | MatMulNBits-8 1249 ms, rms err 1.8% | DynamicQuantizeMatMul 712 ms, 4.5%
+// (random weights; the errors are against the fp32 C++ reference).
+const char* const kEncoderInt8Mode = "int8-dynamic";
 
 namespace {
 
@@ -563,11 +567,14 @@ graph::QuantizeReport quantize_audio_encoder(const fs::path& src, const fs::path
   static_cast<QuantSettings&>(q) = settings;
   q.standard_ops = target == Target::Portable;
   if (precision == "int8")
-    q.mode = q.standard_ops ? "int8" : kEncoderInt8Mode;
+    q.mode = kEncoderInt8Mode;
+  else if (precision == "int8-weight-only")
+    q.mode = "int8";
   else if (precision == "int4")
     q.mode = "int4";
   else
-    throw Error("audio encoder quantization: precision expected int8 or int4, found '" + precision + "'");
+    throw Error("audio encoder quantization: precision expected int8, int8-weight-only or int4, found '" + precision +
+                "'");
   if (q.mode == "int8-dynamic") q.symmetric = true;
   q.validate();
   auto m = graph::OnnxModel::load(src);

@@ -74,18 +74,22 @@ GraphSignature build_audio_encoder(const AudioEncoderConfig& cfg, const io::Tens
                                    const std::filesystem::path& onnx_path, Target target,
                                    const ProgressFn& progress = {});
 
-// Weight-only quantization of a written encoder_adaptor graph in place (`src` may equal
-// `dst`; the data file becomes `<dst file name>.data`). precision "int8" or "int4":
-//   target ort:      int8 -> kEncoderInt8Mode, int4 -> MatMulNBits 4-bit (block 32, symmetric)
-//   target portable: int8 -> DequantizeLinear + MatMul; int4 is refused (kvrun::Error).
-// The QuantizeReport tells what was rewritten; kvrun.json can record
-// build::quantization_record(options used, report).
+// Quantizes the MatMuls of a written encoder_adaptor graph (`src` may equal `dst`; the data
+// file becomes `<dst file name>.data`). Activations stay float32 between nodes. precision:
+//   "int8"             kEncoderInt8Mode ("int8-dynamic"): int8 per-channel weights, activations
+//                      quantized per tensor at run time; ort: com.microsoft DynamicQuantizeMatMul,
+//                      portable: DynamicQuantizeLinear + MatMulInteger (opset 17). The fastest.
+//   "int8-weight-only" ort: MatMulNBits 8-bit (blocks along K); portable: DequantizeLinear + MatMul.
+//                      More accurate, slower (see the .cpp for the measurements).
+//   "int4"             ort: MatMulNBits 4-bit; portable: refused (kvrun::Error).
+// `settings`: block size, symmetry, accuracy level, exclude regex (kvrun::QuantSettings). `used`
+// receives the options applied; kvrun.json can record build::quantization_record(*used, report).
 graph::QuantizeReport quantize_audio_encoder(const std::filesystem::path& src, const std::filesystem::path& dst,
                                              const std::string& precision, Target target,
                                              const QuantSettings& settings = {},
                                              graph::QuantizeOptions* used = nullptr);
 
-// The graph quantizer mode used for int8 on target ort (measured, see the .cpp).
+// The graph quantizer mode behind precision "int8" (measured, see the .cpp).
 extern const char* const kEncoderInt8Mode;
 
 }  // namespace kvrun::arch
