@@ -3,6 +3,7 @@
 // checkpoints written at test time.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -117,13 +118,26 @@ std::vector<float> random_feats(int64_t n, uint32_t seed) {
 }
 
 // Runs encoder_adaptor.onnx on a batch of utterances of the same length.
+// With `lengths` (graphs built with speech_lengths), `out_lengths` receives encoder_out_lengths.
 std::vector<float> run_graph(runtime::Session& s, const std::vector<float>& feats, int64_t batch, int64_t T,
-                             int64_t input, std::vector<int64_t>* shape = nullptr) {
+                             int64_t input, std::vector<int64_t>* shape = nullptr,
+                             const std::vector<int64_t>& lengths = {}, std::vector<int64_t>* out_lengths = nullptr) {
   auto x = runtime::HostTensor::from_f32(feats, {batch, T, input});
+  auto l = runtime::HostTensor::from_i64(lengths, {static_cast<int64_t>(lengths.size())});
   std::vector<Ort::Value> in;
   in.push_back(x.view());
-  auto out = s.run({"speech"}, in, {"encoder_out"});
+  std::vector<std::string> names = {"speech"}, outs = {"encoder_out"};
+  if (!lengths.empty()) {
+    in.push_back(l.view());
+    names.push_back("speech_lengths");
+    outs.push_back("encoder_out_lengths");
+  }
+  auto out = s.run(names, in, outs);
   if (shape) *shape = runtime::shape_of(out[0]);
+  if (out_lengths) {
+    const int64_t* p = out[1].GetTensorData<int64_t>();
+    out_lengths->assign(p, p + runtime::shape_of(out[1])[0]);
+  }
   return runtime::to_f32(out[0]);
 }
 
@@ -142,6 +156,28 @@ Diff compare(const std::vector<float>& got, const std::vector<float>& ref) {
   }
   d.rms_rel = std::sqrt(se / std::max(sr, 1e-30));
   return d;
+}
+
+// Each row of a padded batch (graph with speech_lengths) against the reference run on that
+// row's valid frames alone.
+void expect_padded_batch(runtime::Session& s, const reference::AudioEncoderRef& ref,
+                         const std::vector<int64_t>& lengths, uint32_t seed, const std::string& what) {
+  const auto& c = ref.config();
+  const int64_t batch = static_cast<int64_t>(lengths.size());
+  const int64_t T = *std::max_element(lengths.begin(), lengths.end());
+  const auto feats = random_feats(batch * T * c.input_size, seed);  // padding holds random values too
+  std::vector<int64_t> shape, out_lengths;
+  const auto got = run_graph(s, feats, batch, T, c.input_size, &shape, lengths, &out_lengths);
+  const int64_t N = c.output_frames(T);
+  ASSERT_EQ(shape, (std::vector<int64_t>{batch, N, c.llm_dim})) << what;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t n = c.output_frames(lengths[static_cast<size_t>(b)]);
+    EXPECT_EQ(out_lengths[static_cast<size_t>(b)], n) << what;
+    const auto want = ref.forward(feats.data() + b * T * c.input_size, lengths[static_cast<size_t>(b)]);
+    const std::vector<float> row(got.begin() + b * N * c.llm_dim, got.begin() + (b * N + n) * c.llm_dim);
+    const Diff d = compare(row, want);
+    EXPECT_LE(d.max_abs, 1e-4 * d.max_ref) << what << " row " << b << " length " << lengths[static_cast<size_t>(b)];
+  }
 }
 
 // Reference output for each row of a batch.
@@ -239,12 +275,14 @@ TEST_P(AudioEncoderGraph, MatchesReferenceAtAnyLength) {
   io::TensorStore store(dir / "model.safetensors");
   const AudioEncoderConfig cfg = AudioEncoderConfig::from(store, tiny_yaml(dm));
   int64_t ticks = 0, last_total = 0;
-  const arch::GraphSignature sig = arch::build_audio_encoder(cfg, store, dir / "encoder_adaptor.onnx", target,
-                                                             [&](const std::string& stage, int64_t, int64_t total) {
-                                                               EXPECT_EQ(stage, "audio encoder");
-                                                               ++ticks;
-                                                               last_total = total;
-                                                             });
+  const arch::GraphSignature sig = arch::build_audio_encoder(
+      cfg, store, dir / "encoder_adaptor.onnx", target,
+      [&](const std::string& stage, int64_t, int64_t total) {
+        EXPECT_EQ(stage, "audio encoder");
+        ++ticks;
+        last_total = total;
+      },
+      /*lengths_input=*/false);
   EXPECT_EQ(sig.inputs, std::vector<std::string>{"speech"});
   EXPECT_EQ(sig.outputs, std::vector<std::string>{"encoder_out"});
   EXPECT_EQ(ticks, last_total);
@@ -313,6 +351,23 @@ TEST_P(AudioEncoderGraph, MatchesReferenceAtAnyLength) {
                {"int8, int8-weight-only or int4", "fp8"});
 }
 
+TEST_P(AudioEncoderGraph, PaddedBatchMatchesEachRowAlone) {
+  const Target target = GetParam() == "ort" ? Target::Ort : Target::Portable;
+  test::TempDir dir;
+  TinyDims dm;
+  dm.out_gain = 60.0f;
+  TinyCheckpoint(dir / "model.safetensors", dm, 6);
+  io::TensorStore store(dir / "model.safetensors");
+  const AudioEncoderConfig cfg = AudioEncoderConfig::from(store, tiny_yaml(dm));
+  const auto sig = arch::build_audio_encoder(cfg, store, dir / "e.onnx", target);
+  EXPECT_EQ(sig.inputs, (std::vector<std::string>{"speech", "speech_lengths"}));
+  EXPECT_EQ(sig.outputs, (std::vector<std::string>{"encoder_out", "encoder_out_lengths"}));
+  reference::AudioEncoderRef ref(cfg, store);
+  runtime::Session s(dir / "e.onnx");
+  expect_padded_batch(s, ref, {40, 17, 1, 40, 3}, 11, GetParam());
+  expect_padded_batch(s, ref, {6}, 12, GetParam());
+}
+
 INSTANTIATE_TEST_SUITE_P(Targets, AudioEncoderGraph, ::testing::Values("ort", "portable"));
 
 // Frame stacking in the adaptor (downsample_rate 2, odd length padded) and a shifted FSMN window.
@@ -329,7 +384,10 @@ TEST(AudioEncoderGraphVariants, DownsampleAndShift) {
   EXPECT_EQ(cfg.sanm_shift, 2);
   reference::AudioEncoderRef ref(cfg, store);
   for (const Target target : {Target::Ort, Target::Portable}) {
-    arch::build_audio_encoder(cfg, store, dir / "e.onnx", target);
+    arch::build_audio_encoder(cfg, store, dir / "e.onnx", target, {}, /*lengths_input=*/false);
+    arch::build_audio_encoder(cfg, store, dir / "padded.onnx", target);
+    runtime::Session padded(dir / "padded.onnx");
+    expect_padded_batch(padded, ref, {9, 2, 1, 8, 5}, 13, "downsample 2");
     runtime::Session s(dir / "e.onnx");
     for (int64_t T : {1, 2, 9}) {
       const auto feats = random_feats(T * dm.input, static_cast<uint32_t>(100 + T));
@@ -349,7 +407,7 @@ TEST(AudioEncoderGraphVariants, DownsampleAndShift) {
   io::TensorStore st(dir / "none.safetensors");
   const AudioEncoderConfig c0 = AudioEncoderConfig::from(st, json());
   EXPECT_EQ(c0.adaptor_layers, 0);
-  arch::build_audio_encoder(c0, st, dir / "n.onnx", Target::Ort);
+  arch::build_audio_encoder(c0, st, dir / "n.onnx", Target::Ort, {}, /*lengths_input=*/false);
   runtime::Session s(dir / "n.onnx");
   const auto feats = random_feats(5 * none.input, 7);
   const Diff d =

@@ -5,10 +5,11 @@
 // reaches ~1e3, beyond what float16 carries safely.
 //
 //   speech      float32 [batch, frames, input_size]   (LFR features, CMVN applied if any)
-//   encoder_out float32 [batch, frames / k, llm_dim]  (k = adaptor downsample rate, usually 1)
+//   encoder_out float32 [batch, ceil(frames / k), llm_dim]  (k = adaptor downsample rate, usually 1)
 //
-// Every row of a batch has the same length (no padding mask): the reference with all
-// masks 1. Node names tell where each node came from, e.g.
+//   speech_lengths      int64 [batch]   (optional, see build_audio_encoder)
+//   encoder_out_lengths int64 [batch]   (with speech_lengths)
+// Node names tell where each node came from, e.g.
 // /audio_encoder/encoders.3/self_attn/fsmn/Conv, /audio_adaptor/blocks.1/feed_forward/w_2/MatMul.
 #pragma once
 #include <cstdint>
@@ -70,9 +71,13 @@ struct AudioEncoderConfig {
 //   Portable: opset-17 standard ops only.
 // Weights are float32 (quantize afterwards with quantize_audio_encoder).
 // progress("audio encoder", layers done, layers total).
+// lengths_input: adds input `speech_lengths` int64 [batch] (valid frames of each row; rows
+// padded at the end with anything) and output `encoder_out_lengths` int64 [batch]
+// ((len - 1) // k + 1). Frames past a row's length are masked as funasr masks them (attention
+// keys, FSMN input and output), so each row's valid output equals that row run alone.
 GraphSignature build_audio_encoder(const AudioEncoderConfig& cfg, const io::TensorStore& store,
                                    const std::filesystem::path& onnx_path, Target target,
-                                   const ProgressFn& progress = {});
+                                   const ProgressFn& progress = {}, bool lengths_input = true);
 
 // Quantizes the MatMuls of a written encoder_adaptor graph (`src` may equal `dst`; the data
 // file becomes `<dst file name>.data`). Activations stay float32 between nodes. precision:
