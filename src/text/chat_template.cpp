@@ -1,5 +1,5 @@
 // ChatTemplate: finds a model's chat template, prepares apply_chat_template's variables,
-// renders with the Jinja subset of text/jinja.cpp.
+// renders with the Jinja subset of text/jinja.h (implementation in text/jinja/).
 #include "kvrun/chat_template.h"
 
 #include "io/fs.h"
