@@ -16,6 +16,14 @@
 #include "runtime/ort_session.h"
 #include "test_util.h"
 
+// The FunASR fixture's model.pt and config.yaml need the torch.save / yaml readers (io).
+#if __has_include("io/torch_checkpoint.h") && __has_include("io/yaml_config.h")
+#include "io/yaml_config.h"
+#define KVRUN_HAVE_TORCH_IO 1
+#else
+#define KVRUN_HAVE_TORCH_IO 0
+#endif
+
 namespace kvrun {
 namespace {
 
@@ -413,6 +421,81 @@ TEST(AudioEncoderGraphVariants, DownsampleAndShift) {
   const Diff d =
       compare(run_graph(s, feats, 1, 5, none.input), reference::AudioEncoderRef(c0, st).forward(feats.data(), 5));
   EXPECT_LE(d.max_abs, 1e-4 * d.max_ref);
+}
+
+// funasr's own outputs (tests/fixtures/funasr-nano-tiny, tools/make_funasr_goldens.py): the
+// LFR features of each clip through SenseVoiceEncoderSmall + the adaptor, bf16 weights from
+// model.pt, against what funasr 1.4.16 computed: the reference and both graphs, fp32,
+// within 1e-4 x max|output|; a padded batch of all clips too.
+[[maybe_unused]] void expect_funasr_goldens(const io::TensorStore& store, const json& yaml,
+                                            const std::filesystem::path& goldens) {
+  const AudioEncoderConfig cfg = AudioEncoderConfig::from(store, yaml);
+  EXPECT_EQ(cfg.heads, 4);
+  EXPECT_EQ(cfg.adaptor_heads, 2);
+  EXPECT_EQ(cfg.blocks, 3);
+  EXPECT_EQ(cfg.tp_blocks, 2);
+  EXPECT_EQ(cfg.kernel, 11);
+  EXPECT_EQ(cfg.adaptor_block_ffn, cfg.llm_dim / 4);
+  io::TensorStore g(goldens);
+  reference::AudioEncoderRef ref(cfg, store);
+  test::TempDir dir;
+  std::vector<std::unique_ptr<runtime::Session>> sessions;
+  for (const Target t : {Target::Ort, Target::Portable}) {
+    const auto path = dir / (t == Target::Ort ? "ort.onnx" : "portable.onnx");
+    arch::build_audio_encoder(cfg, store, path, t);
+    sessions.push_back(std::make_unique<runtime::Session>(path));
+  }
+  const std::vector<std::string> clips = {"hello_16k", "kvrun_16k", "fox_16k", "stereo_16k", "call_8k"};
+  std::vector<std::vector<float>> feats;
+  std::vector<int64_t> lengths;
+  for (const auto& clip : clips) {
+    const io::TensorView& f = g.get(clip + ".features");
+    const int64_t T = f.shape[0];
+    ASSERT_EQ(f.shape, (std::vector<int64_t>{T, cfg.input_size})) << clip;
+    feats.push_back(f.to_f32());
+    lengths.push_back(T);
+    const auto enc_want = g.get(clip + ".encoder_out").to_f32();
+    const auto want = g.get(clip + ".adaptor_out").to_f32();
+    const Diff de = compare(ref.encode(feats.back().data(), T), enc_want);
+    EXPECT_LE(de.max_abs, 1e-4 * de.max_ref) << clip << " encoder";
+    const Diff d = compare(ref.forward(feats.back().data(), T), want);
+    EXPECT_LE(d.max_abs, 1e-4 * d.max_ref) << clip << " reference";
+    std::printf("[ encoder  ] %s T=%lld: reference vs funasr max|diff| %.3g (encoder %.3g), max|out| %.4g\n",
+                clip.c_str(), static_cast<long long>(T), d.max_abs, de.max_abs, d.max_ref);
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      const Diff dg = compare(run_graph(*sessions[i], feats.back(), 1, T, cfg.input_size, nullptr, {T}), want);
+      EXPECT_LE(dg.max_abs, 1e-4 * dg.max_ref) << clip << (i == 0 ? " ort" : " portable");
+    }
+  }
+  // all clips in one padded batch
+  const int64_t Tmax = *std::max_element(lengths.begin(), lengths.end());
+  std::vector<float> batch(clips.size() * static_cast<size_t>(Tmax * cfg.input_size), 0.0f);
+  for (size_t b = 0; b < clips.size(); ++b)
+    std::copy(feats[b].begin(), feats[b].end(), batch.begin() + b * Tmax * cfg.input_size);
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    std::vector<int64_t> shape, out_lengths;
+    const auto got = run_graph(*sessions[i], batch, static_cast<int64_t>(clips.size()), Tmax, cfg.input_size, &shape,
+                               lengths, &out_lengths);
+    EXPECT_EQ(out_lengths, lengths);
+    for (size_t b = 0; b < clips.size(); ++b) {
+      const auto want = g.get(clips[b] + ".adaptor_out").to_f32();
+      const std::vector<float> row(
+          got.begin() + static_cast<int64_t>(b) * Tmax * cfg.llm_dim,
+          got.begin() + static_cast<int64_t>(b) * Tmax * cfg.llm_dim + static_cast<int64_t>(want.size()));
+      const Diff d = compare(row, want);
+      EXPECT_LE(d.max_abs, 1e-4 * d.max_ref) << clips[b] << (i == 0 ? " ort" : " portable") << " in a padded batch";
+    }
+  }
+}
+
+TEST(AudioEncoderFunasr, MatchesFunasrOutputs) {
+#if KVRUN_HAVE_TORCH_IO
+  const auto dir = test::fixture("funasr-nano-tiny");
+  io::TensorStore store(dir / "model.pt");
+  expect_funasr_goldens(store, io::read_yaml_file(dir / "config.yaml"), dir / "goldens.safetensors");
+#else
+  GTEST_SKIP() << "needs the torch.save reader (src/io/torch_checkpoint.h) to read model.pt";
+#endif
 }
 
 }  // namespace
