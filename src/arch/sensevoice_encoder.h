@@ -4,11 +4,10 @@
 // (models/llm_asr/adaptor.py). Activations are always float32: the adaptor output
 // reaches ~1e3, beyond what float16 carries safely.
 //
-//   speech      float32 [batch, frames, input_size]   (LFR features, CMVN applied if any)
-//   encoder_out float32 [batch, ceil(frames / k), llm_dim]  (k = adaptor downsample rate, usually 1)
-//
-//   speech_lengths      int64 [batch]   (optional, see build_audio_encoder)
-//   encoder_out_lengths int64 [batch]   (with speech_lengths)
+//   speech              float32 [batch, frames, input_size]  LFR features (CMVN applied if any)
+//   speech_lengths      int64 [batch]                        valid frames per row (lengths_input)
+//   encoder_out         float32 [batch, ceil(frames / k), llm_dim]  k = adaptor downsample rate (1)
+//   encoder_out_lengths int64 [batch]                        (lengths_input)
 // Node names tell where each node came from, e.g.
 // /audio_encoder/encoders.3/self_attn/fsmn/Conv, /audio_adaptor/blocks.1/feed_forward/w_2/MatMul.
 #pragma once
