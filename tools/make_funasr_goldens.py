@@ -8,7 +8,7 @@ encoder-adaptor graph, prompt, greedy decoding, post-processing) asserts against
 Needs: torch, torchaudio, funasr (pip, 1.4.x: class FunASRNano), transformers (>= 4.51, Qwen3),
 safetensors, soundfile, omegaconf; espeak-ng and sox on PATH; the real Qwen3 tokenizer files
 (tokenizer.json, tokenizer_config.json) from scripts/fetch-tokenizers.sh (.deps/tokenizers/qwen3/).
-Downloads nothing. Runs in a few minutes on 2 cores.
+Downloads nothing. Runs in about 4 minutes on 2 (shared) cores.
 
 Usage:
     python3 tools/make_funasr_goldens.py [--out tests/fixtures/funasr-nano-tiny]
@@ -35,6 +35,8 @@ What it does (all seeded, deterministic for the same library versions):
     ids llm.generate returned, and the returned text / text_tn.
  4. goldens.json (ids, text, shapes, versions, the exact calls) and goldens.safetensors
     (float32 features / encoder / adaptor outputs) in the folder, plus README.md.
+ 5. A slack check recorded in goldens.json "robustness": float64 weights, and features with
+    N(0, 1e-3) noise, must (and do) give the same greedy ids.
 """
 
 import argparse
@@ -376,6 +378,61 @@ class Recorder:
         return r
 
 
+def greedy_full(llm, torch, x, n):
+    """Greedy decoding without a cache (full forward each step), stops on the stop id."""
+    out = []
+    emb = llm.get_input_embeddings()
+    for _ in range(n):
+        t = int(llm(inputs_embeds=x).logits[0, -1].argmax())
+        out.append(t)
+        if t == QWEN3_CONFIG["eos_token_id"]:
+            break
+        x = torch.cat([x, emb(torch.tensor([[t]]))], dim=1)
+    return out
+
+
+def robustness(m, torch, tensors, goldens):
+    """How much slack the goldens leave: the same weights in float64, and the adaptor fed
+    features with N(0, 1e-3) noise (about the front-end tolerance), decoded greedily."""
+    import copy
+
+    m64 = copy.deepcopy(m).double()
+    res = {"what": "fp64: encoder+adaptor+LLM in float64 on the stored features; "
+                   "feature_noise_1e-3: stored features + N(0, 1e-3) (torch.Generator seed 1), "
+                   "float32; greedy ids without KV cache, same prompt",
+           "clips": {}, "runs": []}
+    adp = {}
+    with torch.no_grad():
+        for name in goldens["clips"]:
+            f = tensors[name + ".features"][None]
+            T = f.shape[1]
+            ref = tensors[name + ".adaptor_out"]
+            e, lens = m64.audio_encoder(f.double().clone(), torch.tensor([T]))
+            a64, _ = m64.audio_adaptor(e, lens)
+            noisy = f + 1e-3 * torch.randn(f.shape, generator=torch.Generator().manual_seed(1))
+            e, lens = m.audio_encoder(noisy.clone(), torch.tensor([T]))
+            an, _ = m.audio_adaptor(e, lens)
+            adp[name] = (a64[0], an[0])
+            scale = float(ref.abs().max())
+            res["clips"][name] = {
+                "adaptor_fp32_vs_fp64_max_abs_over_max": float((a64[0].float() - ref).abs().max()) / scale,
+                "adaptor_noise_1e-3_max_abs_over_max": float((an[0] - ref).abs().max()) / scale,
+            }
+        for r in goldens["runs"]:
+            a64, an = adp[r["clip"]]
+            ids = torch.tensor([r["prompt_ids"]])
+            b, N = r["placeholder_begin"], r["N"]
+            x = m64.llm.get_input_embeddings()(ids).clone()
+            x[0, b:b + N] = a64[:N]
+            same64 = greedy_full(m64.llm, torch, x, goldens["max_new_tokens"]) == r["generated_ids"]
+            x = m.llm.get_input_embeddings()(ids).clone()
+            x[0, b:b + N] = an[:N]
+            same_noise = greedy_full(m.llm, torch, x, goldens["max_new_tokens"]) == r["generated_ids"]
+            res["runs"].append({"clip": r["clip"], "variant": r["variant"],
+                                "fp64_same_ids": same64, "feature_noise_1e-3_same_ids": same_noise})
+    return res
+
+
 def audio_loader(torchaudio, clip, out):
     """Which loader funasr's load_audio_text_image_video ends up using (it tries in order)."""
     try:
@@ -479,6 +536,24 @@ def readme_text(g):
         "`decoded_raw` (`batch_decode(skip_special_tokens=True)`)." % g["max_new_tokens"],
         "- Runs: every clip with the default prompt; `%s` also with language 中文/英文/日文, "
         "itn=False and hotwords [\"kvrun\", \"ONNX\"]." % VARIANT_CLIP,
+        "",
+        "## Notes for the tests",
+        "",
+        "- Slack (`goldens.json` `robustness`): the same weights in float64 give the same greedy "
+        "ids on every run and an adaptor output within ~1e-6 x max of the float32 one; features "
+        "with N(0, 1e-3) noise added still give the same ids (the adaptor output then moves "
+        "~3e-3 x max, so compare the encoder-adaptor on the *stored* features). The smallest "
+        "top-1/top-2 logit gap per run is `min_margin`.",
+        "- call_8k.wav: the reference upsamples with torchaudio's windowed-sinc `Resample` "
+        "(default: sinc_interp_hann, lowpass_filter_width 6, rolloff 0.99). libsoxr output "
+        "differs (max 0.036 on the waveform), and the log-mel of the empty 4-8 kHz band and of "
+        "the digitally silent padding differs by up to ~18: with soxr the features do not match "
+        "and the greedy ids of this clip differ. Matching it needs torchaudio's resampler.",
+        "- Clips start/end with exact digital silence (sox pad): those frames hit the log floor "
+        "(log of FLT_EPSILON = -15.942385).",
+        "- `text_tn` uses Python's Unicode `\\w` (`re.sub(r\"[^\\w\\s\\u3000\\u4e00-\\u9fff]+\", \"\", "
+        "resp)`); `text` is `re.sub(r\"\\s+\", \" \", resp.replace(\"/sil\", \" \"))`; `resp` is "
+        "`batch_decode(ids, skip_special_tokens=True)` (invalid UTF-8 becomes U+FFFD).",
         "",
         "## Regenerate",
         "",
@@ -674,6 +749,7 @@ def main():
                 enc, lens = m.audio_encoder(x, torch.tensor([T]))
                 adp, _ = m.audio_adaptor(enc, lens)
                 assert torch.equal(adp[0], tensors[f"{c['name']}.adaptor_out"]), c["name"]
+        goldens["robustness"] = robustness(m, torch, tensors, goldens)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -10,7 +10,9 @@
 // Layouts read (detected from the folder's files and the graphs' own I/O names):
 // kvrun packages (kvrun.json), ONNX Runtime GenAI folders (genai_config.json),
 // Hugging Face optimum decoder exports (model.onnx, decoder_model_merged.onnx) and
-// split prefill/decode exports (llm_prefill.onnx + llm_decode.onnx [+ embedding.onnx]).
+// split prefill/decode exports (llm_prefill.onnx + llm_decode.onnx [+ embedding.onnx]) and
+// sherpa-onnx's FunASR-nano export (llm.onnx, a "KV-delta" graph with a fixed
+// max_total_len cache, + embedding.onnx; config / tokenizer in a subfolder such as Qwen3-0.6B/).
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -102,7 +104,8 @@ struct GenerationResult {
 using StreamFn = std::function<bool(size_t row, TokenId token, const std::string& text)>;
 
 struct ModelInfo {
-  std::string layout;  // "kvrun-ort", "kvrun-portable", "genai", "optimum", "optimum-merged", "split"
+  std::string layout;  // "kvrun-ort", "kvrun-portable", "genai", "optimum", "optimum-merged", "split",
+                       // "sherpa-kv-delta"
   std::filesystem::path dir;
   std::vector<std::string> graphs;  // graph files used
   std::string convention;           // KV naming convention
@@ -110,8 +113,9 @@ struct ModelInfo {
   int kv_seq_axis = 2;            // of [batch, ., ., head_dim]
   std::string kv_dtype;           // "float32" / "float16"
   bool shared_kv_buffer = false;  // one preallocated buffer per layer bound as past and present
+  bool kv_delta = false;          // fixed max_length buffers; the graph returns only the new rows
   bool takes_embeddings = false;  // graph input is inputs_embeds (embeddings can be injected)
-  int64_t max_length = 0;         // longest sequence the graphs support (0: not stated)
+  int64_t max_length = 0;         // longest sequence the graphs support (0: not stated); never truncated
   std::vector<TokenId> eos_ids;
   std::optional<TokenId> bos_id, pad_id;
   bool chat_template = false;  // the model ships a chat template (else ChatML is the fallback)

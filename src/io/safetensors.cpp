@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/fs.h"
+#include "io/torch_checkpoint.h"
 #include "kvrun/error.h"
 
 namespace kvrun::io {
@@ -178,71 +179,117 @@ void SafetensorsFile::advise_random() const {
   if (map_) ::madvise(map_, map_size_, MADV_RANDOM);  // advice only: failure changes nothing
 }
 
-void TensorStore::advise_random() const {
-  for (const auto& f : files_) f->advise_random();
-}
-
 const TensorView* SafetensorsFile::find(const std::string& name) const {
   auto it = tensors_.find(name);
   return it == tensors_.end() ? nullptr : &it->second;
 }
 
-TensorStore::TensorStore(const fs::path& path) : path_(path) {
+struct TensorStore::Impl {
+  fs::path path;
+  std::vector<std::unique_ptr<SafetensorsFile>> st_files;
+  std::vector<std::unique_ptr<TorchCheckpoint>> torch_files;
+  std::map<std::string, const TensorView*> index;
+
+  // Opens one file by its kind; returns its tensors.
+  const std::map<std::string, TensorView>& open(const fs::path& file) {
+    const std::string ext = file.extension().string();
+    if (ext != ".safetensors" &&
+        (ext == ".pt" || ext == ".pth" || ext == ".bin" || ext == ".ckpt" || looks_like_zip(file))) {
+      torch_files.push_back(std::make_unique<TorchCheckpoint>(file));
+      return torch_files.back()->tensors();
+    }
+    st_files.push_back(std::make_unique<SafetensorsFile>(file));
+    return st_files.back()->tensors();
+  }
+
+  void add_all(const std::map<std::string, TensorView>& tensors) {
+    for (const auto& [name, v] : tensors) index[name] = &v;
+  }
+
+  // A sharded checkpoint: {"weight_map": {tensor: shard file}}.
+  void open_sharded(const fs::path& dir, const fs::path& index_file) {
+    const std::string index_name = index_file.filename().string();
+    const json j = read_json_file(index_file);
+    if (!j.contains("weight_map") || !j["weight_map"].is_object() || j["weight_map"].empty())
+      throw Error(index_file.string() + ": expected a non-empty object 'weight_map' {tensor: file}");
+    std::map<std::string, const std::map<std::string, TensorView>*> shards;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it->is_string()) throw Error(index_file.string() + ": weight_map['" + it.key() + "'] must be a file name");
+      const std::string file = it->get<std::string>();
+      if (file.empty() || file.find('/') != std::string::npos || file.find("..") != std::string::npos)
+        throw Error(index_file.string() + ": weight_map['" + it.key() + "'] names '" + file +
+                    "', expected a file name inside the checkpoint folder");
+      if (!shards.count(file)) {
+        if (!fs::exists(dir / file))
+          throw Error(index_file.string() + ": shard '" + file + "' (holding '" + it.key() + "') is missing");
+        shards[file] = &open(dir / file);
+      }
+      const auto& tensors = *shards[file];
+      auto t = tensors.find(it.key());
+      if (t == tensors.end())
+        throw Error((dir / file).string() + ": tensor '" + it.key() + "' listed in " + index_name +
+                    " is not in this shard");
+      index[it.key()] = &t->second;
+    }
+  }
+};
+
+TensorStore::TensorStore(std::shared_ptr<const Impl> impl, std::string prefix)
+    : impl_(std::move(impl)), prefix_(std::move(prefix)) {}
+
+TensorStore::TensorStore(const fs::path& path) {
+  auto impl = std::make_shared<Impl>();
+  impl->path = path;
   if (fs::is_regular_file(path)) {
-    files_.push_back(std::make_unique<SafetensorsFile>(path));
+    impl->add_all(impl->open(path));
   } else if (fs::is_directory(path)) {
-    const fs::path index = path / "model.safetensors.index.json";
-    if (fs::exists(index)) {
-      const json j = read_json_file(index);
-      if (!j.contains("weight_map") || !j["weight_map"].is_object() || j["weight_map"].empty())
-        throw Error(index.string() + ": expected a non-empty object 'weight_map' {tensor: file}");
-      std::map<std::string, size_t> file_ids;
-      std::vector<std::pair<std::string, std::string>> wanted;
-      for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-        if (!it->is_string()) throw Error(index.string() + ": weight_map['" + it.key() + "'] must be a file name");
-        const std::string file = it->get<std::string>();
-        if (file.empty() || file.find('/') != std::string::npos || file.find("..") != std::string::npos)
-          throw Error(index.string() + ": weight_map['" + it.key() + "'] names '" + file +
-                      "', expected a file name inside the checkpoint folder");
-        if (!file_ids.count(file)) {
-          if (!fs::exists(path / file))
-            throw Error(index.string() + ": shard '" + file + "' (holding '" + it.key() + "') is missing");
-          file_ids[file] = files_.size();
-          files_.push_back(std::make_unique<SafetensorsFile>(path / file));
-        }
-        wanted.emplace_back(it.key(), file);
-      }
-      for (const auto& [name, file] : wanted) {
-        const TensorView* v = files_[file_ids[file]]->find(name);
-        if (!v)
-          throw Error((path / file).string() + ": tensor '" + name +
-                      "' listed in model.safetensors.index.json is not in this shard");
-        index_[name] = v;
-      }
-      return;
+    if (fs::exists(path / "model.safetensors.index.json")) {
+      impl->open_sharded(path, path / "model.safetensors.index.json");
     } else if (fs::exists(path / "model.safetensors")) {
-      files_.push_back(std::make_unique<SafetensorsFile>(path / "model.safetensors"));
+      impl->add_all(impl->open(path / "model.safetensors"));
+    } else if (fs::exists(path / "pytorch_model.bin.index.json")) {
+      impl->open_sharded(path, path / "pytorch_model.bin.index.json");
+    } else if (fs::exists(path / "pytorch_model.bin")) {
+      impl->add_all(impl->open(path / "pytorch_model.bin"));
+    } else if (fs::exists(path / "model.pt")) {
+      impl->add_all(impl->open(path / "model.pt"));
     } else {
-      throw Error(path.string() + ": no model.safetensors or model.safetensors.index.json in this folder");
+      throw Error(path.string() +
+                  ": no model.safetensors or model.safetensors.index.json in this folder (nor pytorch_model.bin, "
+                  "pytorch_model.bin.index.json or model.pt)");
     }
   } else {
     throw Error(path.string() + ": no such file or folder");
   }
-  for (const auto& f : files_)
-    for (const auto& [name, v] : f->tensors()) index_[name] = &v;
+  impl_ = std::move(impl);
 }
 
+void TensorStore::advise_random() const {
+  for (const auto& f : impl_->st_files) f->advise_random();
+  for (const auto& f : impl_->torch_files) f->advise_random();
+}
+
+const fs::path& TensorStore::path() const { return impl_->path; }
+
+bool TensorStore::has(const std::string& name) const { return impl_->index.count(prefix_ + name) > 0; }
+
 const TensorView& TensorStore::get(const std::string& name) const {
-  auto it = index_.find(name);
-  if (it == index_.end()) throw Error(path_.string() + ": tensor '" + name + "' not found in the checkpoint");
+  auto it = impl_->index.find(prefix_ + name);
+  if (it == impl_->index.end())
+    throw Error(impl_->path.string() + ": tensor '" + prefix_ + name + "' not found in the checkpoint");
   return *it->second;
 }
 
 std::vector<std::string> TensorStore::names() const {
   std::vector<std::string> out;
-  for (const auto& [n, v] : index_) out.push_back(n);
+  for (auto it = impl_->index.lower_bound(prefix_); it != impl_->index.end(); ++it) {
+    if (it->first.compare(0, prefix_.size(), prefix_) != 0) break;
+    out.push_back(it->first.substr(prefix_.size()));
+  }
   return out;
 }
+
+TensorStore TensorStore::sub(const std::string& prefix) const { return TensorStore(impl_, prefix_ + prefix); }
 
 uint64_t write_safetensors_streaming(const fs::path& path, const std::vector<TensorToWrite>& tensors,
                                      const std::map<std::string, std::string>& metadata, uint64_t align,

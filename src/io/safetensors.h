@@ -62,23 +62,43 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// All tensors of a Hugging Face checkpoint folder: model.safetensors, or the shards
-// listed by model.safetensors.index.json. A path to a single .safetensors file works too.
+class TorchCheckpoint;
+
+// All tensors of a checkpoint:
+//  - a Hugging Face folder: model.safetensors, or the shards listed by
+//    model.safetensors.index.json; else pytorch_model.bin, or the shards listed by
+//    pytorch_model.bin.index.json (torch.save zip archives); else model.pt;
+//  - a single file: *.safetensors, or a torch.save archive (*.pt, *.pth, *.bin, *.ckpt,
+//    or any file that is a zip archive).
+// Torch files are read by io/torch_checkpoint.h (restricted unpickler, nothing runs):
+// a top-level "state_dict" / "model_state_dict" / "model" dict is unwrapped, a
+// "module." prefix stripped. Tensor data is used in place from the memory maps
+// (strided torch tensors are materialized once, owned by the store).
+//
+// Copies are cheap and share the files; sub(prefix) is a view of the tensors whose
+// names start with `prefix`, with the prefix removed: sub("llm.").get("x") is
+// get("llm.x") (the same TensorView, no data copied).
 class TensorStore {
  public:
   explicit TensorStore(const std::filesystem::path& path);
 
-  void advise_random() const;  // SafetensorsFile::advise_random for every file
-  bool has(const std::string& name) const { return index_.count(name) > 0; }
+  void advise_random() const;  // madvise(MADV_RANDOM) for every file
+  bool has(const std::string& name) const;
   // Throws kvrun::Error naming the checkpoint when the tensor is missing.
   const TensorView& get(const std::string& name) const;
+  // Names in this view (the view's prefix removed), sorted.
   std::vector<std::string> names() const;
-  const std::filesystem::path& path() const { return path_; }
+  const std::filesystem::path& path() const;
+  // A view of the tensors under `prefix` (relative to this view's own prefix).
+  TensorStore sub(const std::string& prefix) const;
+  // The full prefix of this view ("" for the whole checkpoint).
+  const std::string& prefix() const { return prefix_; }
 
  private:
-  std::filesystem::path path_;
-  std::vector<std::unique_ptr<SafetensorsFile>> files_;
-  std::map<std::string, const TensorView*> index_;
+  struct Impl;
+  TensorStore(std::shared_ptr<const Impl> impl, std::string prefix);
+  std::shared_ptr<const Impl> impl_;
+  std::string prefix_;
 };
 
 // A tensor to write; `data` holds nbytes = numel * dtype_size(dtype) bytes.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "kvrun/error.h"
 
@@ -115,14 +116,72 @@ Decoder::Decoder(ModelSource src, const SessionConfig& sc) : src_(std::move(src)
   if (takes_embeddings() && hidden_ <= 0)
     throw Error(src_.step_graph.string() + ": inputs_embeds has no fixed hidden size and no config.json states it");
 
-  const bool gqa_layout = step_sig_.seq_axis == 2 || step_sig_.seq_axis < 0;
-  shared_ = src_.share_buffer && gqa_layout;
-  if (step_sig_.seq_axis < 0) probe_seq_axis();
-  if (shared_ && step_sig_.seq_axis != 2) shared_ = false;
+  if (kv_delta()) {
+    setup_delta();
+  } else {
+    if (src_.layout == "sherpa-kv-delta") src_.layout = "onnx";  // an llm.onnx of another kind
+    const bool gqa_layout = step_sig_.seq_axis == 2 || step_sig_.seq_axis < 0;
+    shared_ = src_.share_buffer && gqa_layout;
+    if (step_sig_.seq_axis < 0) probe_seq_axis();
+    if (shared_ && step_sig_.seq_axis != 2) shared_ = false;
+  }
   if (step_sig_.kv_heads <= 0 || step_sig_.head_dim <= 0)
     throw Error(src_.step_graph.string() + ": cannot tell the KV heads / head size (KV shape " +
                 io_str(*step_->find_input(step_sig_.layers[0].past_key)) + ") and no config.json states them");
   if (first_) first_sig_.seq_axis = step_sig_.seq_axis, first_sig_.kv_heads = step_sig_.kv_heads;
+}
+
+// The KV-delta graph states its cache length (the fixed second axis of cache_key_i, and
+// max_total_len in its metadata) and its dimensions; where both say something they must agree.
+void Decoder::setup_delta() {
+  const std::string file = src_.step_graph.string();
+  if (first_)
+    throw Error(src_.first_graph.string() + ": a KV-delta graph (" + file +
+                ") runs prefill and decode itself; a separate prefill graph is not expected next to it");
+  const auto& meta = step_->metadata();
+  auto meta_int = [&](const char* key) -> std::optional<int64_t> {
+    const auto it = meta.find(key);
+    if (it == meta.end()) return std::nullopt;
+    size_t used = 0;
+    int64_t v = -1;
+    try {
+      v = std::stoll(it->second, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != it->second.size())
+      throw Error(file + ": metadata " + key + " is '" + it->second + "', expected an integer");
+    return v;
+  };
+  auto agree = [&](const char* key, int64_t in_graph, const std::string& what) {
+    const auto v = meta_int(key);
+    if (v && in_graph > 0 && *v != in_graph)
+      throw Error(file + ": metadata " + key + " is " + std::to_string(*v) + " but the graph has " +
+                  std::to_string(in_graph) + " (" + what + ")");
+  };
+  const IoInfo& cache = *step_->find_input(step_sig_.layers[0].past_key);
+  const int64_t rows = cache.shape[1];
+  agree("max_total_len", rows, cache.name + " " + io_str(cache));
+  const int64_t cap = rows > 0 ? rows : meta_int("max_total_len").value_or(-1);
+  if (cap <= 0)
+    throw Error(file + ": cannot tell the cache length: " + cache.name + " is " + io_str(cache) +
+                " and the metadata has no max_total_len");
+  if (step_sig_.kv_heads <= 0) step_sig_.kv_heads = meta_int("num_kv_heads").value_or(-1);
+  if (step_sig_.head_dim <= 0) step_sig_.head_dim = meta_int("head_dim").value_or(-1);
+  agree("num_layers", static_cast<int64_t>(step_sig_.layers.size()), "KV inputs");
+  agree("num_kv_heads", step_sig_.kv_heads, cache.name + " " + io_str(cache));
+  agree("head_dim", step_sig_.head_dim, cache.name + " " + io_str(cache));
+  agree("hidden_size", hidden_, "inputs_embeds");
+  agree("vocab_size", vocab_, "logits");
+  src_.layout = "sherpa-kv-delta";
+  src_.max_length = cap;
+  src_.max_length_from = "max_total_len of " + src_.step_graph.filename().string();
+}
+
+std::string Decoder::too_long(int64_t positions) const {
+  return "a context of " + std::to_string(positions) + " positions does not fit the model's maximum of " +
+         std::to_string(src_.max_length) + " positions (" + src_.max_length_from +
+         "); kvrun does not truncate it: shorten the input (e.g. split the audio)";
 }
 
 std::vector<std::string> Decoder::graph_files() const {
@@ -233,10 +292,18 @@ Decoder::State Decoder::new_state(int64_t batch, int64_t capacity) const {
   st.batch = batch;
   st.lengths.assign(static_cast<size_t>(batch), 0);
   if (shared_) reserve(st, std::max<int64_t>(capacity, 1));
+  if (kv_delta()) {
+    // The graph fixes the cache length: every buffer has all max_total_len rows.
+    st.capacity = src_.max_length;
+    const size_t bytes = static_cast<size_t>(batch * st.capacity * step_sig_.kv_heads * step_sig_.head_dim) *
+                         io::dtype_size(step_sig_.kv_dtype);
+    st.buffers.assign(2 * step_sig_.layers.size(), std::vector<uint8_t>(bytes, 0));
+  }
   return st;
 }
 
 void Decoder::reserve(State& st, int64_t need) const {
+  if (kv_delta() && need > st.capacity) throw Error(too_long(need));
   if (!shared_ || need <= st.capacity) return;
   if (src_.max_length > 0 && need > src_.max_length)
     throw Error("sequence of " + std::to_string(need) + " positions exceeds the model's max length " +
@@ -262,7 +329,7 @@ void Decoder::reserve(State& st, int64_t need) const {
 void Decoder::truncate(State& st, int64_t length) const {
   if (st.batch != 1) throw Error("truncate: batch-1 states only");
   if (length >= st.lengths[0]) return;
-  if (shared_) {
+  if (shared_ || kv_delta()) {
     st.lengths[0] = length;
     return;
   }
@@ -314,6 +381,7 @@ void Decoder::logits_last(const Ort::Value& logits, int64_t batch, std::vector<f
 
 void Decoder::step(State& st, const StepFeed& feed, std::vector<float>& out) {
   if (feed.batch != st.batch) throw Error("step: feed batch differs from the state's batch");
+  if (kv_delta()) return run_delta(st, feed, out);
   if (shared_) {
     if (st.batch == 1 || feed.seq == 1) return run_shared(st, -1, feed, out);
     throw Error("step: a shared-buffer batch takes one position per row; prefill rows with step_row");
@@ -469,6 +537,67 @@ void Decoder::run_shared(State& st, int64_t row, const StepFeed& f, std::vector<
   step_->run_into(fd.names, vals, outs, results);
   logits_last(results[0], B, out);
   for (int64_t b = 0; b < B; ++b) st.lengths[static_cast<size_t>(row < 0 ? b : row)] += S;
+}
+
+void Decoder::run_delta(State& st, const StepFeed& f, std::vector<float>& out) {
+  const DecoderSignature& sig = step_sig_;
+  const int64_t B = f.batch, S = f.seq, past = st.lengths[0];
+  if (std::any_of(st.lengths.begin(), st.lengths.end(), [&](int64_t n) { return n != past; }))
+    throw Error(src_.step_graph.string() +
+                ": a KV-delta graph takes one cache_position for the whole batch; the rows hold different lengths");
+  if (std::find(f.real.begin(), f.real.end(), uint8_t{0}) != f.real.end())
+    throw Error(src_.step_graph.string() +
+                ": a KV-delta graph cannot take padded rows (its cache rows are never masked)");
+  if (past + S > st.capacity) throw Error(too_long(past + S));
+
+  std::vector<int64_t> pos(static_cast<size_t>(S)), row_pos(static_cast<size_t>(B * S));
+  for (int64_t i = 0; i < S; ++i) pos[static_cast<size_t>(i)] = past + i;
+  for (int64_t b = 0; b < B; ++b) std::copy(pos.begin(), pos.end(), row_pos.begin() + b * S);
+  Feeds fd;
+  step_inputs(sig, f, hidden_, std::vector<int64_t>(static_cast<size_t>(B * (past + S)), 1), past + S, row_pos, true,
+              fd);
+  fd.bufs.push_back(index_buf(pos, {S}, sig.cache_position_dtype));
+  fd.names.push_back(sig.cache_position_input.c_str());
+  std::vector<Ort::Value> vals;
+  for (auto& b : fd.bufs) vals.push_back(b.value());
+
+  // Cache inputs: the whole buffers. Delta outputs: for batch 1 the rows [past, past + S)
+  // of the buffers themselves (contiguous), else ORT's tensors, copied below.
+  const size_t es = io::dtype_size(sig.kv_dtype);
+  const size_t row = static_cast<size_t>(sig.kv_heads * sig.head_dim) * es;
+  const size_t per_batch = static_cast<size_t>(st.capacity) * row;
+  const std::vector<int64_t> cache_shape = kv_shape(B, st.capacity), delta_shape = kv_shape(B, S);
+  std::vector<const char*> outs = {sig.logits_output.c_str()};
+  std::vector<Ort::Value> results;
+  results.emplace_back(nullptr);
+  for (size_t l = 0; l < sig.layers.size(); ++l) {
+    for (int kv = 0; kv < 2; ++kv) {
+      uint8_t* p = st.buffers[2 * l + static_cast<size_t>(kv)].data();
+      fd.names.push_back(kv == 0 ? sig.layers[l].past_key.c_str() : sig.layers[l].past_value.c_str());
+      vals.push_back(view(p, static_cast<size_t>(B) * per_batch, cache_shape, sig.kv_dtype));
+      outs.push_back(kv == 0 ? sig.layers[l].present_key.c_str() : sig.layers[l].present_value.c_str());
+      if (B == 1)
+        results.push_back(
+            view(p + static_cast<size_t>(past) * row, static_cast<size_t>(S) * row, delta_shape, sig.kv_dtype));
+      else
+        results.emplace_back(nullptr);
+    }
+  }
+  step_->run_into(fd.names, vals, outs, results);
+  for (size_t i = 1; i < results.size(); ++i) {
+    const auto shp = shape_of(results[i]);
+    if (shp != delta_shape)
+      throw Error(src_.step_graph.string() + ": '" + outs[i] + "' has shape " + io::shape_str(shp) + ", expected " +
+                  io::shape_str(delta_shape));
+    if (B == 1) continue;
+    const auto* src = static_cast<const uint8_t*>(results[i].GetTensorRawData());
+    uint8_t* dst = st.buffers[i - 1].data();
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(dst + static_cast<size_t>(b) * per_batch + static_cast<size_t>(past) * row,
+                  src + static_cast<size_t>(b * S) * row, static_cast<size_t>(S) * row);
+  }
+  logits_last(results[0], B, out);
+  for (auto& n : st.lengths) n += S;
 }
 
 }  // namespace kvrun::runtime

@@ -12,6 +12,12 @@
 //
 // Capacity of the shared buffer grows on demand (doubling, copying once) up to
 // the model's max length.
+//
+//   delta:   (sherpa-onnx KV-delta graphs) one fixed buffer per layer and K/V,
+//            [batch, max_total_len, kv_heads, head_dim], passed as the cache; the
+//            graph returns only the new rows, which are written into rows
+//            [past, past + seq) (in place for batch 1, copied otherwise). All rows
+//            share one position (cache_position), so a batch holds rows of equal length.
 #pragma once
 #include <memory>
 #include <vector>
@@ -39,6 +45,7 @@ class Decoder {
   const ModelSource& source() const { return src_; }
   const DecoderSignature& signature() const { return step_sig_; }
   bool shared() const { return shared_; }
+  bool kv_delta() const { return step_sig_.kv_delta; }
   bool takes_embeddings() const { return step_sig_.takes_embeddings(); }
   bool can_embed() const { return table_ || embed_session_; }
   int64_t hidden() const { return hidden_; }
@@ -52,7 +59,7 @@ class Decoder {
   struct State {
     int64_t batch = 0;
     std::vector<int64_t> lengths;  // valid positions per row
-    // shared
+    // shared, delta
     int64_t capacity = 0;
     std::vector<std::vector<uint8_t>> buffers;  // 2 per layer: key, value
     // chain
@@ -76,6 +83,9 @@ class Decoder {
   void probe_seq_axis();
   void run_chain(State& st, const StepFeed& feed, std::vector<float>& out);
   void run_shared(State& st, int64_t row, const StepFeed& feed, std::vector<float>& out);
+  void run_delta(State& st, const StepFeed& feed, std::vector<float>& out);
+  void setup_delta();
+  std::string too_long(int64_t positions) const;
   void logits_last(const Ort::Value& logits, int64_t batch, std::vector<float>& out);
   std::vector<int64_t> kv_shape(int64_t batch, int64_t seq) const;
 

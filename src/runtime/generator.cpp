@@ -66,7 +66,11 @@ std::string ModelInfo::to_text() const {
   o << "graphs      ";
   for (const auto& g : graphs) o << " " << g;
   o << "\nkv cache     " << num_layers << " layers x " << num_kv_heads << " heads x " << head_dim << " (" << kv_dtype
-    << ", sequence axis " << kv_seq_axis << ", " << (shared_kv_buffer ? "shared buffer" : "present->past") << ")\n";
+    << ", sequence axis " << kv_seq_axis << ", "
+    << (kv_delta           ? "fixed buffer + new rows"
+        : shared_kv_buffer ? "shared buffer"
+                           : "present->past")
+    << ")\n";
   o << "token input  " << (takes_embeddings ? "inputs_embeds" : "input_ids") << " (hidden " << hidden_size << ", vocab "
     << vocab_size << ")\n";
   o << "max length   " << (max_length > 0 ? std::to_string(max_length) : std::string("not stated")) << "\n";
@@ -127,9 +131,10 @@ class Engine : public Model {
   Engine(const fs::path& path, const ModelOptions& opt) : dec_(find_model(path), SessionConfig{opt.threads, true}) {
     const ModelSource& s = dec_.source();
     const fs::path dir = s.dir;
-    if (fs::exists(dir / "tokenizer.json") || fs::exists(dir / "tokenizer.model")) {
+    const fs::path tok_dir = s.side_dir.empty() || fs::exists(dir / "tokenizer.json") ? dir : s.side_dir;
+    if (fs::exists(tok_dir / "tokenizer.json") || fs::exists(tok_dir / "tokenizer.model")) {
       try {
-        tok_ = Tokenizer::load(dir);
+        tok_ = Tokenizer::load(tok_dir);
       } catch (const std::exception& e) {
         tok_error_ = e.what();
       }
@@ -149,6 +154,7 @@ class Engine : public Model {
     info_.kv_seq_axis = sig.seq_axis;
     info_.kv_dtype = io::dtype_name(sig.kv_dtype);
     info_.shared_kv_buffer = dec_.shared();
+    info_.kv_delta = dec_.kv_delta();
     info_.takes_embeddings = dec_.takes_embeddings();
     info_.max_length = s.max_length;
     info_.eos_ids = s.eos_ids;
@@ -339,8 +345,14 @@ class Engine : public Model {
     // Rows go together when the graph allows a batch; otherwise one after another.
     // Shared-buffer models batch right-padded rows; others need a mask for left padding, and
     // graphs that read lengths from a right-padded mask without a shared buffer run row by row.
-    const bool batchable = dec_.max_batch() > 1 &&
-                           (dec_.shared() || (!dec_.signature().mask_input.empty() && !dec_.source().right_padding));
+    // KV-delta graphs share one position across the batch: rows of equal length only.
+    bool batchable = dec_.max_batch() > 1 &&
+                     (dec_.shared() || (!dec_.signature().mask_input.empty() && !dec_.source().right_padding));
+    if (dec_.kv_delta()) {
+      batchable = dec_.max_batch() > 1;
+      const size_t n0 = prompt_ids(prompts[0]).size();
+      for (size_t r = 1; r < prompts.size() && batchable; ++r) batchable = prompt_ids(prompts[r]).size() == n0;
+    }
     if (prompts.size() > 1 && !batchable) {
       std::vector<GenerationResult> out;
       for (size_t r = 0; r < prompts.size(); ++r)
@@ -397,9 +409,14 @@ class Engine : public Model {
     int64_t cap = opt.max_length > 0 ? opt.max_length : prompt_len + opt.max_new_tokens;
     const int64_t model_max = dec_.source().max_length;
     if (model_max > 0) cap = std::min(cap, model_max);
-    if (prompt_len > cap)
+    if (prompt_len > cap) {
+      const std::string& from = dec_.source().max_length_from;
       throw Error("prompt of " + std::to_string(prompt_len) + " positions does not fit the maximum length " +
-                  std::to_string(cap) + (model_max > 0 && cap == model_max ? " of the model" : " (--max-length)"));
+                  std::to_string(cap) +
+                  (model_max > 0 && cap == model_max
+                       ? " of the model" + (from.empty() ? std::string() : " (" + from + ")") + "; it is not truncated"
+                       : " (--max-length)"));
+    }
     return cap;
   }
 

@@ -1,10 +1,11 @@
 #include "runtime/model_source.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "package/manifest.h"
 #include "io/fs.h"
 #include "kvrun/error.h"
+#include "package/manifest.h"
 
 namespace kvrun::runtime {
 namespace fs = std::filesystem;
@@ -77,6 +78,7 @@ ModelSource from_kvrun_package(const fs::path& dir) {
   m.embed_table = dir / man.embedding_file;
   m.embed_tensor = man.embedding_tensor;
   m.max_length = man.max_length;
+  m.max_length_from = "kvrun.json max_length";
   m.num_layers = man.num_layers, m.kv_heads = man.num_kv_heads, m.head_dim = man.head_dim;
   m.hidden_size = man.hidden_size, m.vocab_size = man.vocab_size;
   for (auto id : man.eos_token_ids) m.eos_ids.push_back(static_cast<TokenId>(id));
@@ -108,7 +110,7 @@ ModelSource from_genai(const fs::path& dir) {
   m.head_dim = opt_int(dec, "head_size");
   m.hidden_size = opt_int(dec, "hidden_size");
   m.vocab_size = opt_int(model, "vocab_size");
-  if (auto cl = opt_int(model, "context_length")) m.max_length = *cl;
+  if (auto cl = opt_int(model, "context_length")) m.max_length = *cl, m.max_length_from = "genai_config.json";
   if (model.contains("eos_token_id")) add_ids(model["eos_token_id"], m.eos_ids);
   m.bos_id = opt_int(model, "bos_token_id");
   m.pad_id = opt_int(model, "pad_token_id");
@@ -153,13 +155,32 @@ ModelSource find_model(const fs::path& path) {
     m.layout = "split";
     m.step_graph = d;
     m.first_graph = first_of({"llm_prefill.onnx", "prefill.onnx"});
+  } else if (auto l = first_of({"llm.onnx", "llm.fp32.onnx", "llm.int8.onnx", "llm.fp16.onnx"}); !l.empty()) {
+    // sherpa-onnx's FunASR-nano export; the graph's signature and metadata confirm it (Decoder).
+    m.layout = "sherpa-kv-delta";
+    m.step_graph = l;
   } else {
     throw Error(dir.string() +
                 ": no model found; looked for kvrun.json, genai_config.json, decoder_model_merged.onnx, "
-                "decoder_with_past_model.onnx, model.onnx, llm_decode.onnx (+ llm_prefill.onnx), decode.onnx");
+                "decoder_with_past_model.onnx, model.onnx, llm_decode.onnx (+ llm_prefill.onnx), decode.onnx, "
+                "llm.onnx (sherpa-onnx)");
   }
-  m.embed_graph = first_of({"embedding.onnx", "embed_tokens.onnx", "embeddings.onnx"});
+  m.embed_graph = first_of(
+      {"embedding.onnx", "embed_tokens.onnx", "embeddings.onnx", "embedding.fp32.onnx", "embedding.int8.onnx"});
   read_hf_side_files(dir, m);
+  // FunASR-nano exports keep the LLM's config / tokenizer in a subfolder (Qwen3-0.6B/).
+  if ((m.layout == "split" || m.layout == "sherpa-kv-delta") && !fs::exists(dir / "config.json") &&
+      !fs::exists(dir / "tokenizer.json")) {
+    std::vector<fs::path> subs;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_directory() && (fs::exists(e.path() / "config.json") || fs::exists(e.path() / "tokenizer.json")))
+        subs.push_back(e.path());
+    std::sort(subs.begin(), subs.end());
+    if (!subs.empty()) {
+      m.side_dir = subs.front();
+      read_hf_side_files(m.side_dir, m);
+    }
+  }
   return m;
 }
 

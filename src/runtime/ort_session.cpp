@@ -112,6 +112,9 @@ Session::Session(const std::filesystem::path& model, const SessionConfig& cfg)
     inputs_.push_back(read_info(session_.GetInputNameAllocated(i, alloc).get(), session_.GetInputTypeInfo(i)));
   for (size_t i = 0; i < session_.GetOutputCount(); ++i)
     outputs_.push_back(read_info(session_.GetOutputNameAllocated(i, alloc).get(), session_.GetOutputTypeInfo(i)));
+  const Ort::ModelMetadata meta = session_.GetModelMetadata();
+  for (const auto& key : meta.GetCustomMetadataMapKeysAllocated(alloc))
+    if (auto value = meta.LookupCustomMetadataMapAllocated(key.get(), alloc)) metadata_[key.get()] = value.get();
 }
 
 const IoInfo* Session::find_input(const std::string& name) const {

@@ -3,6 +3,7 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,8 @@ class Session {
   const std::vector<IoInfo>& outputs() const { return outputs_; }
   const IoInfo* find_input(const std::string& name) const;
   const IoInfo* find_output(const std::string& name) const;
+  // The model's metadata_props (key -> value), e.g. what an exporter recorded about the graph.
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
   Ort::Session& get() { return session_; }
   const std::filesystem::path& path() const { return path_; }
 
@@ -51,6 +54,7 @@ class Session {
   std::filesystem::path path_;
   Ort::Session session_;
   std::vector<IoInfo> inputs_, outputs_;
+  std::map<std::string, std::string> metadata_;
 };
 
 io::DType from_onnx_elem(ONNXTensorElementDataType t);

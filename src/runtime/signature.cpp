@@ -14,6 +14,8 @@ const std::vector<KvConvention>& kv_conventions() {
        "past_key_values.%d.value", "present.%d.key", "present.%d.value"},
       {"past_key_%d -> present_key_%d (split prefill/decode, kvrun portable)", "past_key_%d", "past_value_%d",
        "present_key_%d", "present_value_%d"},
+      {"cache_key_%d -> key_delta_%d (sherpa-onnx KV delta: fixed cache, new rows returned)", "cache_key_%d",
+       "cache_value_%d", "key_delta_%d", "value_delta_%d", true},
   };
   return c;
 }
@@ -114,6 +116,7 @@ DecoderSignature detect_signature(const Session& s, const SignatureHints& hints)
     throw Error(sig.file + ": no KV cache outputs found (outputs: " + names + "); expected one of:" + known);
   }
   sig.convention = conv->label;
+  sig.kv_delta = conv->delta;
 
   // Layer count: the highest index seen among pasts and presents (+1); every layer needs all four.
   int64_t max_layer = -1;
@@ -165,12 +168,18 @@ DecoderSignature detect_signature(const Session& s, const SignatureHints& hints)
       exp_in.push_back({i.name, "bool [1]"});
       if (i.dtype != io::DType::BOOL || i.shape.size() != 1)
         problems.push_back("use_cache_branch must be bool [1], found " + io_str(i));
+    } else if (i.name == "cache_position" && conv->delta) {
+      sig.cache_position_input = i.name, sig.cache_position_dtype = i.dtype;
+      exp_in.push_back({i.name, "int64 [seq]"});
+      if (!is_index(i.dtype) || i.shape.size() != 1)
+        problems.push_back("cache_position must be int64 or int32 of rank 1, found " + io_str(i));
     } else if (match_layer(i.name, conv->past_key) || match_layer(i.name, conv->past_value)) {
       // checked per layer below
     } else {
       problems.push_back("unexpected input '" + i.name + "' " + io_str(i) +
                          ": kvrun has no value for it (it provides input_ids or inputs_embeds, attention_mask, "
-                         "position_ids, use_cache_branch and the past KV)");
+                         "position_ids, use_cache_branch" +
+                         std::string(conv->delta ? ", cache_position" : "") + " and the past KV)");
       continue;
     }
     known_inputs.insert(i.name);
@@ -179,6 +188,18 @@ DecoderSignature detect_signature(const Session& s, const SignatureHints& hints)
     exp_in.insert(exp_in.begin(), {"input_ids | inputs_embeds", "int64 [batch, seq] | float [batch, seq, hidden]"});
     problems.push_back(sig.ids_input.empty() ? "the graph takes neither input_ids nor inputs_embeds"
                                              : "the graph takes both input_ids and inputs_embeds");
+  }
+
+  if (conv->delta) {
+    // The KV-delta graph cannot run without the mask and the positions of the new rows.
+    if (sig.mask_input.empty()) {
+      exp_in.push_back({"attention_mask", "int64 [batch, past + seq]"});
+      problems.push_back("missing input 'attention_mask' (a KV-delta graph needs it)");
+    }
+    if (sig.cache_position_input.empty()) {
+      exp_in.push_back({"cache_position", "int64 [seq]"});
+      problems.push_back("missing input 'cache_position' (a KV-delta graph takes the positions of the new rows)");
+    }
   }
 
   exp_out.push_back({"logits", "float [batch, seq, vocab]"});
@@ -195,16 +216,21 @@ DecoderSignature detect_signature(const Session& s, const SignatureHints& hints)
   // KV: pairs per layer, shapes agree, dtype shared.
   std::optional<io::DType> kv_dt;
   const IoInfo* kv_example = nullptr;
+  bool kv_example_is_past = false;
   for (int64_t l = 0; l < layers; ++l) {
     KvLayer kl;
     const std::string pk = fmt(conv->past_key, l), pv = fmt(conv->past_value, l), ok = fmt(conv->present_key, l),
                       ov = fmt(conv->present_value, l);
+    const char* past_spec =
+        conv->delta ? "float [batch, max_total_len, kv_heads, head_dim]" : "float [batch, kv_heads, past, head_dim]";
+    const char* present_spec =
+        conv->delta ? "float [batch, seq, kv_heads, head_dim]" : "float [batch, kv_heads, total, head_dim]";
     if (sig.has_past) {
-      exp_in.push_back({pk, "float [batch, kv_heads, past, head_dim]"});
-      exp_in.push_back({pv, "float [batch, kv_heads, past, head_dim]"});
+      exp_in.push_back({pk, past_spec});
+      exp_in.push_back({pv, past_spec});
     }
-    exp_out.push_back({ok, "float [batch, kv_heads, total, head_dim]"});
-    exp_out.push_back({ov, "float [batch, kv_heads, total, head_dim]"});
+    exp_out.push_back({ok, present_spec});
+    exp_out.push_back({ov, present_spec});
     std::vector<std::pair<const IoInfo*, std::string>> parts;
     if (sig.has_past) {
       parts.emplace_back(s.find_input(pk), pk);
@@ -214,8 +240,9 @@ DecoderSignature detect_signature(const Session& s, const SignatureHints& hints)
     parts.emplace_back(s.find_output(ov), ov);
     for (const auto& [io, name] : parts) {
       if (!io) {
-        problems.push_back("missing " + std::string(name.rfind("past", 0) == 0 ? "input" : "output") + " '" + name +
-                           "' (layer " + std::to_string(l) + " of " + std::to_string(layers) + ")");
+        const bool is_input = name == pk || name == pv;
+        problems.push_back("missing " + std::string(is_input ? "input" : "output") + " '" + name + "' (layer " +
+                           std::to_string(l) + " of " + std::to_string(layers) + ")");
         continue;
       }
       if (!is_float(io->dtype) || io->shape.size() != 4) {
@@ -226,7 +253,8 @@ DecoderSignature detect_signature(const Session& s, const SignatureHints& hints)
         problems.push_back("'" + name + "' is " + io::dtype_name(io->dtype) + " but other KV tensors are " +
                            io::dtype_name(*kv_dt));
       kv_dt = io->dtype;
-      if (!kv_example || (io->name.rfind("past", 0) == 0 && kv_example->name.rfind("past", 0) != 0)) kv_example = io;
+      const bool past_io = io->name == pk || io->name == pv;
+      if (!kv_example || (past_io && !kv_example_is_past)) kv_example = io, kv_example_is_past = past_io;
     }
     if (sig.has_past) kl.past_key = pk, kl.past_value = pv;
     kl.present_key = ok, kl.present_value = ov;
@@ -253,7 +281,9 @@ DecoderSignature detect_signature(const Session& s, const SignatureHints& hints)
             n.find("past") != std::string::npos || n.find("total") != std::string::npos);
   };
   const bool dyn1 = sh[1] < 0, dyn2 = sh[2] < 0;
-  if (dyn1 != dyn2) {
+  if (sig.kv_delta) {
+    sig.seq_axis = 1;  // [batch, max_total_len, kv_heads, head_dim], deltas [batch, seq, kv_heads, head_dim]
+  } else if (dyn1 != dyn2) {
     sig.seq_axis = dyn1 ? 1 : 2;
   } else if (looks_seq(1) != looks_seq(2)) {
     sig.seq_axis = looks_seq(1) ? 1 : 2;

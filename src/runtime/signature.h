@@ -8,6 +8,9 @@
 // Conventions known (KV names; the layer index replaces %d):
 //   past_key_values.%d.key/value -> present.%d.key/value   optimum, ONNX Runtime GenAI, kvrun ort
 //   past_key_%d / past_value_%d  -> present_key_%d / ...    kvrun portable, split prefill/decode exports
+//   cache_key_%d / cache_value_%d -> key_delta_%d / ...      sherpa-onnx "KV delta": the past is a fixed
+//        [batch, max_total_len, kv_heads, head_dim] buffer and the graph returns only the new rows
+//        (it also takes cache_position [seq], the positions of the new rows)
 // Encoder-decoder decoders (past_key_values.%d.decoder.key, encoder_hidden_states)
 // are recognised and reported as not supported yet; the role table has room for them.
 #pragma once
@@ -22,6 +25,7 @@ namespace kvrun::runtime {
 struct KvConvention {
   std::string label;
   std::string past_key, past_value, present_key, present_value;  // printf-style patterns
+  bool delta = false;  // presents are only the new rows; the past is a fixed buffer the host updates
 };
 const std::vector<KvConvention>& kv_conventions();
 
@@ -36,13 +40,14 @@ struct KvLayer {
 struct DecoderSignature {
   std::string file;
   std::string convention;  // KvConvention::label
-  std::string ids_input, embeds_input, mask_input, position_input, cache_branch_input;
+  std::string ids_input, embeds_input, mask_input, position_input, cache_branch_input, cache_position_input;
   std::string logits_output;
   std::vector<KvLayer> layers;
   bool has_past = false;
+  bool kv_delta = false;  // KvConvention::delta
   io::DType kv_dtype = io::DType::F32;
   io::DType embeds_dtype = io::DType::F32, ids_dtype = io::DType::I64, mask_dtype = io::DType::I64,
-            position_dtype = io::DType::I64;
+            position_dtype = io::DType::I64, cache_position_dtype = io::DType::I64;
   int64_t kv_heads = -1, head_dim = -1;  // -1: not fixed in the graph
   int seq_axis = -1;                     // KV sequence axis (1 or 2); -1: ambiguous, must be probed
   int64_t fixed_batch = -1;              // batch dim when the graph fixes it
