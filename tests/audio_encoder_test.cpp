@@ -360,7 +360,7 @@ TEST_P(AudioEncoderGraph, PaddedBatchMatchesEachRowAlone) {
   TinyCheckpoint(dir / "model.safetensors", dm, 6);
   io::TensorStore store(dir / "model.safetensors");
   const AudioEncoderConfig cfg = AudioEncoderConfig::from(store, tiny_yaml(dm));
-  const auto sig = arch::build_audio_encoder(cfg, store, dir / "e.onnx", target);
+  const auto sig = arch::build_audio_encoder(cfg, store, dir / "e.onnx", target, {}, /*lengths_input=*/true);
   EXPECT_EQ(sig.inputs, (std::vector<std::string>{"speech", "speech_lengths"}));
   EXPECT_EQ(sig.outputs, (std::vector<std::string>{"encoder_out", "encoder_out_lengths"}));
   reference::AudioEncoderRef ref(cfg, store);
@@ -385,8 +385,8 @@ TEST(AudioEncoderGraphVariants, DownsampleAndShift) {
   EXPECT_EQ(cfg.sanm_shift, 2);
   reference::AudioEncoderRef ref(cfg, store);
   for (const Target target : {Target::Ort, Target::Portable}) {
-    arch::build_audio_encoder(cfg, store, dir / "e.onnx", target, {}, /*lengths_input=*/false);
-    arch::build_audio_encoder(cfg, store, dir / "padded.onnx", target);
+    arch::build_audio_encoder(cfg, store, dir / "e.onnx", target);
+    arch::build_audio_encoder(cfg, store, dir / "padded.onnx", target, {}, /*lengths_input=*/true);
     runtime::Session padded(dir / "padded.onnx");
     expect_padded_batch(padded, ref, {9, 2, 1, 8, 5}, 13, "downsample 2");
     runtime::Session s(dir / "e.onnx");
@@ -408,7 +408,7 @@ TEST(AudioEncoderGraphVariants, DownsampleAndShift) {
   io::TensorStore st(dir / "none.safetensors");
   const AudioEncoderConfig c0 = AudioEncoderConfig::from(st, json());
   EXPECT_EQ(c0.adaptor_layers, 0);
-  arch::build_audio_encoder(c0, st, dir / "n.onnx", Target::Ort, {}, /*lengths_input=*/false);
+  arch::build_audio_encoder(c0, st, dir / "n.onnx", Target::Ort);
   runtime::Session s(dir / "n.onnx");
   const auto feats = random_feats(5 * none.input, 7);
   const Diff d =
@@ -436,7 +436,7 @@ void expect_funasr_goldens(const io::TensorStore& store, const json& yaml, const
   std::vector<std::unique_ptr<runtime::Session>> sessions;
   for (const Target t : {Target::Ort, Target::Portable}) {
     const auto path = dir / (t == Target::Ort ? "ort.onnx" : "portable.onnx");
-    arch::build_audio_encoder(cfg, store, path, t);
+    arch::build_audio_encoder(cfg, store, path, t, {}, /*lengths_input=*/true);
     sessions.push_back(std::make_unique<runtime::Session>(path));
   }
   const std::vector<std::string> clips = {"hello_16k", "kvrun_16k", "fox_16k", "stereo_16k", "call_8k"};

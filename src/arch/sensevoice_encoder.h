@@ -76,7 +76,7 @@ struct AudioEncoderConfig {
 // keys, FSMN input and output), so each row's valid output equals that row run alone.
 GraphSignature build_audio_encoder(const AudioEncoderConfig& cfg, const io::TensorStore& store,
                                    const std::filesystem::path& onnx_path, Target target,
-                                   const ProgressFn& progress = {}, bool lengths_input = true);
+                                   const ProgressFn& progress = {}, bool lengths_input = false);
 
 // Quantizes the MatMuls of a written encoder_adaptor graph (`src` may equal `dst`; the data
 // file becomes `<dst file name>.data`). Activations stay float32 between nodes. precision:
