@@ -414,6 +414,12 @@ TEST(AudioEncoderGraphVariants, DownsampleAndShift) {
   const Diff d =
       compare(run_graph(s, feats, 1, 5, none.input), reference::AudioEncoderRef(c0, st).forward(feats.data(), 5));
   EXPECT_LE(d.max_abs, 1e-4 * d.max_ref);
+  // quantized in place (src == dst), as the package builder does
+  arch::quantize_audio_encoder(dir / "n.onnx", dir / "n.onnx", "int8", Target::Ort);
+  runtime::Session q(dir / "n.onnx");
+  const Diff dq = compare(run_graph(q, feats, 1, 5, none.input), run_graph(s, feats, 1, 5, none.input));
+  EXPECT_LT(dq.rms_rel, 0.08);
+  EXPECT_GT(dq.max_abs, 0.0);  // really quantized
 }
 
 // funasr's own outputs (tests/fixtures/funasr-nano-tiny, tools/make_funasr_goldens.py): the
