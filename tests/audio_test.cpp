@@ -108,6 +108,28 @@ TEST(AudioFeatures, MatchFunasrOnEveryClip) {
   }
 }
 
+// The model-level goldens (tests/fixtures/funasr-nano-tiny, tools/make_funasr_goldens.py) hold
+// the features funasr built inside AutoModel.generate for five longer clips (2.7-6.9 s).
+TEST(AudioFeatures, MatchFunasrNanoGoldens) {
+  const std::filesystem::path dir = fixture("funasr-nano-tiny");
+  if (!std::filesystem::exists(dir / "goldens.safetensors")) GTEST_SKIP() << "no funasr-nano-tiny fixture";
+  io::TensorStore store(dir / "goldens.safetensors");
+  for (const char* name : {"hello_16k", "kvrun_16k", "fox_16k", "stereo_16k", "call_8k"}) {
+    SCOPED_TRACE(name);
+    int64_t rows = 0;
+    std::vector<float> got =
+        audio::features(audio::decode_file(dir / (std::string(name) + ".wav")), audio::FrontendOptions{}, &rows);
+    const io::TensorView& t = store.get(std::string(name) + ".features");
+    ASSERT_EQ(t.shape, (std::vector<int64_t>{rows, 560}));
+    std::vector<float> want(t.nbytes / sizeof(float));
+    std::memcpy(want.data(), t.data, t.nbytes);
+    const float d = max_abs_diff(got, want);
+    std::printf("[ audio    ] funasr-nano-tiny/%-12s rows %3lld  max |diff| %.3g\n", name, static_cast<long long>(rows),
+                d);
+    EXPECT_LE(d, 1e-3f);
+  }
+}
+
 TEST(AudioFeatures, RawFbankMatchesTorchaudio) {
   audio::Audio a = audio::decode_file(clip("speech_16k_s16.wav"));
   audio::FrontendOptions opt;
@@ -207,6 +229,10 @@ TEST(AudioDecode, BadInputIsOneClearError) {
   std::string flac = read_bytes(clip("speech_16k.flac"));
   write_bytes(dir / "half.flac", flac.substr(0, flac.size() / 2));
   expect_error([&] { audio::decode_file(dir / "half.flac"); }, {"half.flac", "truncated"});
+  // Half an Ogg/Vorbis stream (its length is unknown to libsndfile).
+  std::string ogg = read_bytes(clip("speech_48k.ogg"));
+  write_bytes(dir / "half.ogg", ogg.substr(0, ogg.size() / 2));
+  expect_error([&] { audio::decode_file(dir / "half.ogg"); }, {"half.ogg", "truncated or corrupt"});
   // Only a header.
   write_bytes(dir / "header.wav", wav_bytes(1, 1, 16000, 16, "", 0).substr(0, 20));
   expect_error([&] { audio::decode_file(dir / "header.wav"); }, {"header.wav"});
@@ -234,6 +260,14 @@ TEST(AudioDecode, BadInputIsOneClearError) {
   audio::DecodeOptions shortmax;
   shortmax.max_seconds = 1;
   expect_error([&] { audio::decode_file(dir / "long.wav", shortmax); }, {"long.wav", "2.000 s long", "at most 1"});
+  // Three hours of 16 kHz PCM (a sparse file): refused from the header, before any decoding.
+  {
+    const uint32_t bytes = 3u * 3600u * 16000u * 2u;
+    write_bytes(dir / "3h.wav", wav_bytes(1, 1, 16000, 16, "", bytes));
+    std::filesystem::resize_file(dir / "3h.wav", 44 + static_cast<uintmax_t>(bytes));
+    expect_error([&] { audio::decode_file(dir / "3h.wav"); }, {"3h.wav", "3.0 h long", "at most 2.0 h"});
+    std::filesystem::remove(dir / "3h.wav");
+  }
   // Too many channels; an absurd rate; a bad resampler name.
   audio::DecodeOptions two_ch;
   two_ch.max_channels = 2;
@@ -243,6 +277,19 @@ TEST(AudioDecode, BadInputIsOneClearError) {
   audio::DecodeOptions bad;
   bad.resampler = "fast";
   expect_error([&] { audio::decode_file(clip("speech_8k_s16.wav"), bad); }, {"\"sinc\" or \"soxr_hq\"", "fast"});
+}
+
+TEST(AudioDecode, CutMp3DecodesQuietlyWhenAsked) {
+  std::string mp3 = read_bytes(clip("speech_44k.mp3"));
+  const std::string half = mp3.substr(0, mp3.size() / 2);
+  audio::DecodeOptions opt;
+  opt.silence_codec_messages = true;
+  testing::internal::CaptureStderr();
+  audio::Audio a = audio::decode_memory(half.data(), half.size(), opt, "half.mp3");
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err, "");
+  EXPECT_GT(a.samples.size(), 4000u);  // up to the cut (MP3 has no exact length)
+  std::fprintf(stderr, "%s", "");      // stderr still usable afterwards
 }
 
 TEST(AudioDecode, SixChannelFloatIsAveraged) {

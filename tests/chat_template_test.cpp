@@ -1,5 +1,5 @@
 // Chat templates: goldens from transformers' apply_chat_template (tools/make_template_goldens.py)
-// rendered byte-identical, plus unit tests of the Jinja subset (text/jinja.cpp).
+// rendered byte-identical, plus unit tests of the Jinja subset (text/jinja.h, text/jinja/).
 #include "kvrun/chat_template.h"
 
 #include <gtest/gtest.h>

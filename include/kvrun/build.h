@@ -87,10 +87,17 @@ struct SynthOptions {
   double std_dev = 0;  // 0: config initializer_range (default 0.02)
   bool overwrite = false;
   ProgressFn progress;
+  // FunASR-nano layout (model.pt + config.yaml + Qwen3-0.6B/): `config` optionally names
+  // the LLM's config.json (default Qwen3-0.6B's); dtype defaults to bf16 as published.
+  bool funasr_nano = false;
+  std::string size = "real";        // "real" (encoder 512 wide, 50 + 20 blocks) | "tiny"
+  std::filesystem::path tokenizer;  // folder whose tokenizer files go into Qwen3-0.6B/
 };
 
 // Writes config.json, generation_config.json and model.safetensors with deterministic
 // random weights (each tensor seeded from seed + its name).
 void synth_checkpoint(const SynthOptions& opt);
+// The FunASR-nano writer synth_checkpoint calls when opt.funasr_nano is set.
+void synth_funasr_nano(const SynthOptions& opt);
 
 }  // namespace kvrun

@@ -14,16 +14,27 @@ using graph::Dim;
 using graph::GraphBuilder;
 using nlohmann::json;
 
-// int8 on target ort: MatMulNBits 8-bit (weight-only, blocks of 32 along K, int8 compute
-// with accuracy_level 4) rather than DynamicQuantizeMatMul (per-tensor uint8 activations).
-// Measured with ONNX Runtime 1.22 (the npm build kvrun links) on this project's 2-core
-// x86 machine, 2 threads, a 500x512 @ 512x2048 MatMul: see kvrun's encoder report
-// (MatMulNBits 8-bit is both faster and more accurate on the adaptor's ~1e3 activations).
-const char* const kEncoderInt8Mode = "int8";
+// int8: DynamicQuantizeMatMul (int8 per-channel weights, uint8 activations quantized per
+// tensor at run time), not MatMulNBits 8-bit. Measured with the ONNX Runtime kvrun links
+// (npm onnxruntime-node build), 2 intra-op threads, on this project's AMD EPYC (AVX-512
+// VNNI) build machine, best of 30, machine shared with other jobs:
+//   MatMul 500x512 @ 512x2048   fp32 29.3 ms | MatMulNBits 8-bit (acc. level 4) 11.7 ms,
+//                               rms err 0.75% | DynamicQuantizeMatMul 2.7 ms, rms err 1.8%
+//   encoder+adaptor at real widths (4+2 SAN-M blocks, 2 adaptor blocks), T = 500, best of 5:
+//     fp32 1563 ms | MatMulNBits-8 1249 ms, rms err 1.8% | DynamicQuantizeMatMul 712 ms, 4.5%
+//   the full published depth (50 + 20 SAN-M blocks, 512 wide; adaptor 512 -> 2048 -> 1024, 2
+//   blocks), T = 167 (10 s of audio), best of 2: fp32 4491 ms | MatMulNBits-8 3285 ms, rms err
+//   2.1% | DynamicQuantizeMatMul 1975 ms, 5.2% | int4 (MatMulNBits) 3542 ms, 26%
+// (random weights, where errors build up over the depth; against the fp32 C++ reference).
+const char* const kEncoderInt8Mode = "int8-dynamic";
 
 namespace {
 
 std::string str(int64_t v) { return std::to_string(v); }
+
+// Score given to keys past a row's length (funasr uses -inf; a finite value keeps a row
+// whose length is 0 free of NaN).
+constexpr double kMaskedScore = -1e30;
 
 // ---- config ------------------------------------------------------------------------
 
@@ -87,6 +98,12 @@ void yaml_check(const json& m, const std::string& key, const std::string& where,
 
 // ---- graph emission --------------------------------------------------------------------
 
+// Padding masks for a batch of different lengths (empty names: no lengths input).
+struct Masks {
+  std::string frames;  // float [b, t, 1]: 1 for frames inside the row's length
+  std::string keys;    // ort: int32 [b, t] key_padding_mask; portable: float [b, 1, 1, t] additive bias
+};
+
 struct Emitter {
   const AudioEncoderConfig& c;
   const io::TensorStore& store;
@@ -94,6 +111,7 @@ struct Emitter {
   Target target;
   WeightReader w{store};
   std::map<std::string, std::string> consts;
+  const Masks* mask = nullptr;  // the masks of the stage being emitted
 
   bool ort() const { return target == Target::Ort; }
 
@@ -153,13 +171,46 @@ struct Emitter {
     return {outs[0], outs[3]};
   }
 
-  // Multi-head scaled dot-product attention over q, k, v [b, t, d] (no mask) -> [b, t, d].
+  // Masks for `lengths` (int64 [b]) over the frames of `like` ([b, t, ...]).
+  Masks make_masks(const std::string& scope, const std::string& like, const std::string& lengths) {
+    const std::string T =
+        g.op("Gather", scope + "/Frames",
+             {g.op("Shape", scope + "/Shape", {like}), g.const_i64(scope + "/idx1", {1}, true)}, {{"axis", 0}});
+    const std::string r = g.op(
+        "Range", scope + "/FrameIndex",
+        {g.const_scalar(scope + "/zero", io::DType::I64, 0), T, g.const_scalar(scope + "/one", io::DType::I64, 1)});
+    const std::string valid =
+        g.op("Less", scope + "/Valid",
+             {g.op("Unsqueeze", scope + "/FrameRow", {r, g.const_i64(scope + "/ax0", {0})}),
+              g.op("Unsqueeze", scope + "/LengthColumn", {lengths, g.const_i64(scope + "/ax1", {1})})});
+    Masks m;
+    m.frames = g.op("Unsqueeze", scope + "/FrameMask",
+                    {g.op("Cast", scope + "/ValidFloat", {valid}, {{"to", graph::onnx_elem_type(io::DType::F32)}}),
+                     g.const_i64(scope + "/ax2", {2})});
+    if (ort())
+      m.keys = g.op("Cast", scope + "/KeyPaddingMask", {valid}, {{"to", graph::onnx_elem_type(io::DType::I32)}});
+    else
+      m.keys = g.op("Where", scope + "/KeyBias",
+                    {g.op("Unsqueeze", scope + "/ValidKeys", {valid, g.const_i64(scope + "/ax12", {1, 2})}),
+                     g.const_scalar(scope + "/keep", io::DType::F32, 0.0),
+                     g.const_scalar(scope + "/drop", io::DType::F32, kMaskedScore)});
+    return m;
+  }
+
+  // Multi-head scaled dot-product attention over q, k, v [b, t, d] -> [b, t, d]; keys outside
+  // a row's length are left out when `mask` is set.
   std::string attention(const std::string& scope, const std::string& q, const std::string& k, const std::string& v,
                         int64_t heads, int64_t d) {
     const int64_t dk = d / heads;
-    if (ort())
-      return g.op("MultiHeadAttention", scope + "/MultiHeadAttention", {q, k, v}, {{"num_heads", heads}},
-                  "com.microsoft");
+    if (ort()) {
+      std::vector<std::string> in = {q, k, v};
+      std::vector<graph::Attr> attrs = {{"num_heads", heads}};
+      if (mask) {
+        in.insert(in.end(), {"", mask->keys});
+        attrs.emplace_back("mask_filter_value", static_cast<float>(kMaskedScore));
+      }
+      return g.op("MultiHeadAttention", scope + "/MultiHeadAttention", in, attrs, "com.microsoft");
+    }
     const std::string split = ints("heads_" + str(heads) + "x" + str(dk), {0, 0, heads, dk});
     const std::string merge = ints("merge_" + str(d), {0, 0, d});
     auto perm = [](std::vector<int64_t> p) { return graph::Attr("perm", std::move(p)); };
@@ -172,7 +223,8 @@ struct Emitter {
     const std::string scale =
         g.const_scalar(scope + "/scale", io::DType::F32, 1.0 / std::sqrt(static_cast<double>(dk)));
     const std::string qs = g.op("Mul", scope + "/q/Scale", {qh, scale});
-    const std::string scores = g.op("MatMul", scope + "/QK/MatMul", {qs, kt});
+    std::string scores = g.op("MatMul", scope + "/QK/MatMul", {qs, kt});
+    if (mask) scores = g.op("Add", scope + "/MaskAdd", {scores, mask->keys});
     const std::string p = g.op("Softmax", scope + "/Softmax", {scores}, {{"axis", -1}});
     const std::string o = g.op("MatMul", scope + "/PV/MatMul", {p, vh});
     return g.op("Reshape", scope + "/o/Reshape",
@@ -203,8 +255,10 @@ struct Emitter {
     return g.op("Add", S + "/Add", {g.op("Mul", S + "/Scale", {speech, scale}), pe});
   }
 
-  // FSMN memory: depthwise Conv1d over v (zero padded) + v.
-  std::string fsmn(const std::string& scope, const std::string& v, const std::string& module) {
+  // FSMN memory: depthwise Conv1d over v (zero padded) + v; with a mask, v is zeroed outside
+  // the row's length first and the result after (funasr forward_fsmn).
+  std::string fsmn(const std::string& scope, std::string v, const std::string& module) {
+    if (mask) v = g.op("Mul", scope + "/MaskInput", {v, mask->frames});
     const int64_t d = c.d_model, K = c.kernel;
     const int64_t left = (K - 1) / 2 + (c.sanm_shift > 0 ? c.sanm_shift : 0), right = K - 1 - left;
     const std::string W = raw(module + ".fsmn_block.weight", {d, 1, K});
@@ -217,7 +271,8 @@ struct Emitter {
                                    {"dilations", std::vector<int64_t>{1}}});
     const std::string back =
         g.op("Transpose", scope + "/TransposeBack", {conv}, {{"perm", std::vector<int64_t>{0, 2, 1}}});
-    return g.op("Add", scope + "/Add", {back, v});
+    const std::string sum = g.op("Add", scope + "/Add", {back, v});
+    return mask ? g.op("Mul", scope + "/MaskOutput", {sum, mask->frames}) : sum;
   }
 
   std::string feed_forward(const std::string& scope, const std::string& x, const std::string& module, int64_t dim,
@@ -227,7 +282,7 @@ struct Emitter {
     return linear1(scope + "/w_2", r, module + ".w_2", hidden, dim);
   }
 
-  std::string run(const ProgressFn& progress) {
+  std::string run(const ProgressFn& progress, bool lengths) {
     const int64_t d = c.d_model;
     const int64_t n_enc = c.blocks + c.tp_blocks, total = n_enc + c.adaptor_layers + 1;
     int64_t done = 0;
@@ -235,6 +290,12 @@ struct Emitter {
       if (progress) progress("audio encoder", ++done, total);
     };
     g.input("speech", io::DType::F32, {Dim{"batch_size"}, Dim{"frames"}, Dim{c.input_size}});
+    Masks enc_masks, adp_masks;
+    if (lengths) {
+      g.input("speech_lengths", io::DType::I64, {Dim{"batch_size"}});
+      enc_masks = make_masks("/audio_encoder/mask", "speech", "speech_lengths");
+      mask = &enc_masks;
+    }
     std::string x = embed("speech");
     auto norm1 = [&](int64_t i) { return c.enc(c.encoder_layer(i) + ".norm1"); };
     std::string h = layer_norm("/audio_encoder/" + c.encoder_layer(0) + "/norm1", x, norm1(0), c.input_size, c.enc_eps);
@@ -274,7 +335,10 @@ struct Emitter {
     }
     // ---- adaptor
     const std::string A = "/audio_adaptor";
+    std::string out_lengths = "speech_lengths";
     if (c.downsample > 1) {  // pad frames to a multiple of k with zeros, then stack k frames
+      // frames past a row's length are zeroed, so a padded row stacks as it would alone
+      if (mask) x = g.op("Mul", A + "/MaskFrames", {x, mask->frames});
       const std::string T =
           g.op("Gather", A + "/Frames", {g.op("Shape", A + "/Shape", {x}), g.const_i64(A + "/idx1", {1}, true)},
                {{"axis", 0}});
@@ -288,6 +352,14 @@ struct Emitter {
           {{"axis", 0}});
       x = g.op("Pad", A + "/Pad", {x, pads});
       x = g.op("Reshape", A + "/Stack", {x, g.const_i64(A + "/stack_shape", {0, -1, d * c.downsample})});
+      if (mask) {  // (len - 1) // k + 1
+        const std::string one = g.const_scalar(A + "/one", io::DType::I64, 1);
+        out_lengths =
+            g.op("Add", A + "/OutputLengths",
+                 {g.op("Div", A + "/Chunks", {g.op("Sub", A + "/LenMinusOne", {"speech_lengths", one}), k}), one});
+        adp_masks = make_masks(A + "/mask", x, out_lengths);
+        mask = &adp_masks;
+      }
     }
     std::string y = linear1(A + "/linear1", x, c.adp("linear1"), d * c.downsample, c.adaptor_ffn);
     y = g.op("Relu", A + "/Relu", {y});
@@ -319,6 +391,10 @@ struct Emitter {
     g.node("Identity", A + "/Output", {y}, {"encoder_out"});
     g.output("encoder_out", io::DType::F32,
              {Dim{"batch_size"}, Dim{c.downsample > 1 ? "adaptor_frames" : "frames"}, Dim{c.llm_dim}});
+    if (lengths) {
+      g.node("Identity", A + "/OutputLengths/Identity", {out_lengths}, {"encoder_out_lengths"});
+      g.output("encoder_out_lengths", io::DType::I64, {Dim{"batch_size"}});
+    }
     tick();
     return "encoder_out";
   }
@@ -540,7 +616,8 @@ AudioEncoderConfig AudioEncoderConfig::from_json(const json& j) {
 }
 
 GraphSignature build_audio_encoder(const AudioEncoderConfig& cfg, const io::TensorStore& store,
-                                   const fs::path& onnx_path, Target target, const ProgressFn& progress) {
+                                   const fs::path& onnx_path, Target target, const ProgressFn& progress,
+                                   bool lengths_input) {
   cfg.validate();
   std::map<std::string, int64_t> opsets = {{"", 17}};
   if (target == Target::Ort) opsets["com.microsoft"] = 1;
@@ -550,7 +627,7 @@ GraphSignature build_audio_encoder(const AudioEncoderConfig& cfg, const io::Tens
   g.metadata("kvrun.target", target == Target::Ort ? "ort" : "portable");
   g.metadata("kvrun.audio_encoder", cfg.to_json().dump());
   Emitter e{cfg, store, g, target, WeightReader(store), {}};
-  e.run(progress);
+  e.run(progress, lengths_input);
   GraphSignature sig{"encoder_adaptor", onnx_path.filename().string(), g.input_names(), g.output_names()};
   g.finish();
   return sig;
@@ -563,11 +640,14 @@ graph::QuantizeReport quantize_audio_encoder(const fs::path& src, const fs::path
   static_cast<QuantSettings&>(q) = settings;
   q.standard_ops = target == Target::Portable;
   if (precision == "int8")
-    q.mode = q.standard_ops ? "int8" : kEncoderInt8Mode;
+    q.mode = kEncoderInt8Mode;
+  else if (precision == "int8-weight-only")
+    q.mode = "int8";
   else if (precision == "int4")
     q.mode = "int4";
   else
-    throw Error("audio encoder quantization: precision expected int8 or int4, found '" + precision + "'");
+    throw Error("audio encoder quantization: precision expected int8, int8-weight-only or int4, found '" + precision +
+                "'");
   if (q.mode == "int8-dynamic") q.symmetric = true;
   q.validate();
   auto m = graph::OnnxModel::load(src);

@@ -4,11 +4,11 @@
 // (models/llm_asr/adaptor.py). Activations are always float32: the adaptor output
 // reaches ~1e3, beyond what float16 carries safely.
 //
-//   speech      float32 [batch, frames, input_size]   (LFR features, CMVN applied if any)
-//   encoder_out float32 [batch, frames / k, llm_dim]  (k = adaptor downsample rate, usually 1)
-//
-// Every row of a batch has the same length (no padding mask): the reference with all
-// masks 1. Node names tell where each node came from, e.g.
+//   speech              float32 [batch, frames, input_size]  LFR features (CMVN applied if any)
+//   speech_lengths      int64 [batch]                        valid frames per row (lengths_input)
+//   encoder_out         float32 [batch, ceil(frames / k), llm_dim]  k = adaptor downsample rate (1)
+//   encoder_out_lengths int64 [batch]                        (lengths_input)
+// Node names tell where each node came from, e.g.
 // /audio_encoder/encoders.3/self_attn/fsmn/Conv, /audio_adaptor/blocks.1/feed_forward/w_2/MatMul.
 #pragma once
 #include <cstdint>
@@ -70,22 +70,30 @@ struct AudioEncoderConfig {
 //   Portable: opset-17 standard ops only.
 // Weights are float32 (quantize afterwards with quantize_audio_encoder).
 // progress("audio encoder", layers done, layers total).
+// lengths_input: adds input `speech_lengths` int64 [batch] (valid frames of each row; rows
+// padded at the end with anything) and output `encoder_out_lengths` int64 [batch]
+// ((len - 1) // k + 1). Frames past a row's length are masked as funasr masks them (attention
+// keys, FSMN input and output), so each row's valid output equals that row run alone.
 GraphSignature build_audio_encoder(const AudioEncoderConfig& cfg, const io::TensorStore& store,
                                    const std::filesystem::path& onnx_path, Target target,
-                                   const ProgressFn& progress = {});
+                                   const ProgressFn& progress = {}, bool lengths_input = false);
 
-// Weight-only quantization of a written encoder_adaptor graph in place (`src` may equal
-// `dst`; the data file becomes `<dst file name>.data`). precision "int8" or "int4":
-//   target ort:      int8 -> kEncoderInt8Mode, int4 -> MatMulNBits 4-bit (block 32, symmetric)
-//   target portable: int8 -> DequantizeLinear + MatMul; int4 is refused (kvrun::Error).
-// The QuantizeReport tells what was rewritten; kvrun.json can record
-// build::quantization_record(options used, report).
+// Quantizes the MatMuls of a written encoder_adaptor graph (`src` may equal `dst`; the data
+// file becomes `<dst file name>.data`). Activations stay float32 between nodes. precision:
+//   "int8"             kEncoderInt8Mode ("int8-dynamic"): int8 per-channel weights, activations
+//                      quantized per tensor at run time; ort: com.microsoft DynamicQuantizeMatMul,
+//                      portable: DynamicQuantizeLinear + MatMulInteger (opset 17). The fastest.
+//   "int8-weight-only" ort: MatMulNBits 8-bit (blocks along K); portable: DequantizeLinear + MatMul.
+//                      More accurate, slower (see the .cpp for the measurements).
+//   "int4"             ort: MatMulNBits 4-bit; portable: refused (kvrun::Error).
+// `settings`: block size, symmetry, accuracy level, exclude regex (kvrun::QuantSettings). `used`
+// receives the options applied; kvrun.json can record build::quantization_record(*used, report).
 graph::QuantizeReport quantize_audio_encoder(const std::filesystem::path& src, const std::filesystem::path& dst,
                                              const std::string& precision, Target target,
                                              const QuantSettings& settings = {},
                                              graph::QuantizeOptions* used = nullptr);
 
-// The graph quantizer mode used for int8 on target ort (measured, see the .cpp).
+// The graph quantizer mode behind precision "int8" (measured, see the .cpp).
 extern const char* const kEncoderInt8Mode;
 
 }  // namespace kvrun::arch

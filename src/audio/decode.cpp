@@ -1,8 +1,10 @@
 // Audio decoding with libsndfile, down-mix, and the reference's resampler (see decode.h).
 #include "audio/decode.h"
 
+#include <fcntl.h>
 #include <sndfile.h>
 #include <soxr.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -29,6 +31,39 @@ std::string fmt_seconds(double s) {
     os << std::fixed << std::setprecision(s < 10 ? 3 : 1) << s << " s";
   }
   return os.str();
+}
+
+// Points fd 2 at /dev/null for its lifetime (DecodeOptions::silence_codec_messages).
+class StderrSilencer {
+ public:
+  explicit StderrSilencer(bool on) {
+    if (!on) return;
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (saved_ < 0 || null < 0 || ::dup2(null, 2) < 0) {
+      if (null >= 0) ::close(null);
+      if (saved_ >= 0) ::close(saved_);
+      saved_ = -1;
+      return;
+    }
+    ::close(null);
+  }
+  ~StderrSilencer() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+  }
+  StderrSilencer(const StderrSilencer&) = delete;
+  StderrSilencer& operator=(const StderrSilencer&) = delete;
+
+ private:
+  int saved_ = -1;
+};
+
+bool is_mpeg(const unsigned char* b, size_t n) {
+  return (n >= 3 && std::memcmp(b, "ID3", 3) == 0) || (n >= 2 && b[0] == 0xFF && (b[1] & 0xE0) == 0xE0);
 }
 
 // libsndfile virtual I/O over a memory buffer.
@@ -124,7 +159,10 @@ Audio decode_open(SNDFILE* raw, const SF_INFO& info, const DecodeOptions& opt, c
   const double rate = info.samplerate;
   const std::string format = format_name(info.format);
   const auto max_frames = static_cast<sf_count_t>(opt.max_seconds * rate);
-  if (info.frames > max_frames) {
+  // libsndfile reports SF_COUNT_MAX when it cannot know the length (e.g. an Ogg stream without
+  // a final granule position); the limit is then enforced while decoding.
+  const bool length_known = info.frames >= 0 && info.frames < SF_COUNT_MAX;
+  if (length_known && info.frames > max_frames) {
     throw Error(name + ": audio is " + fmt_seconds(static_cast<double>(info.frames) / rate) + " long (" +
                 std::to_string(info.frames) + " frames at " + std::to_string(info.samplerate) +
                 " Hz); expected at most " + fmt_seconds(opt.max_seconds) + " per input (cut it into shorter files)");
@@ -139,7 +177,7 @@ Audio decode_open(SNDFILE* raw, const SF_INFO& info, const DecodeOptions& opt, c
   }
 
   std::vector<float> mono;
-  mono.reserve(static_cast<size_t>(std::clamp<sf_count_t>(info.frames, 0, sf_count_t{1} << 24)));
+  mono.reserve(static_cast<size_t>(length_known ? std::clamp<sf_count_t>(info.frames, 0, sf_count_t{1} << 24) : 0));
   constexpr sf_count_t kChunk = 16384;
   std::vector<float> buf(static_cast<size_t>(kChunk * ch));
   sf_count_t total = 0;
@@ -173,9 +211,13 @@ Audio decode_open(SNDFILE* raw, const SF_INFO& info, const DecodeOptions& opt, c
     throw Error(name + ": corrupt " + format + " data after " + std::to_string(total) +
                 " frames (libsndfile: " + sf_error_number(err) + "); " + kExpected);
   }
-  if (exact_length && info.frames > 0 && total < info.frames) {
+  if (exact_length && length_known && info.frames > 0 && total < info.frames) {
     throw Error(name + ": truncated " + format + " file: the header promises " + std::to_string(info.frames) +
                 " frames, only " + std::to_string(total) + " could be decoded; expected a complete file");
+  }
+  if (mono.empty() && !length_known) {
+    throw Error(name + ": truncated or corrupt " + format +
+                " stream: no audio could be decoded from it; expected a complete file");
   }
   if (mono.empty()) {
     throw Error(name + ": " + format + " file holds no audio samples (0 frames); expected at least one sample");
@@ -219,6 +261,8 @@ void check_magic(const unsigned char* b, size_t n, const std::string& name) {
 
 std::string open_error(const std::string& name) {
   std::string why = sf_strerror(nullptr);
+  std::replace(why.begin(), why.end(), '\n', ' ');  // one line
+  while (!why.empty() && why.back() == ' ') why.pop_back();
   // A container libsndfile knows holding a codec it does not: its log names the format tag.
   const std::string log = sndfile_log(nullptr);
   const size_t unknown = log.find("=> Unknown format");
@@ -250,8 +294,13 @@ std::vector<float> resample_sinc(const std::vector<float>& x, int from_rate, int
     int64_t first = 0;  // kernel index of taps[0]
     std::vector<float> taps;
   };
-  std::vector<Row> rows(static_cast<size_t>(nnew));
-  for (int64_t j = 0; j < nnew; ++j) {
+  const auto n = static_cast<int64_t>(x.size());
+  // ceil(new * length / orig) in float64, as torch.
+  const auto out_len = static_cast<int64_t>(std::ceil(static_cast<double>(nnew * n) / static_cast<double>(orig)));
+  // Only the phases the output uses (all of them once it is longer than nnew samples).
+  const int64_t phases = std::min(nnew, std::max<int64_t>(out_len, 1));
+  std::vector<Row> rows(static_cast<size_t>(phases));
+  for (int64_t j = 0; j < phases; ++j) {
     // torch: arange(0, -new, -1) / new is computed in float32, then added to float64 idx.
     const double tj = static_cast<double>(static_cast<float>(-j) / static_cast<float>(nnew));
     // |t| < kWidth  <=>  (m - width) / orig in (-kWidth / base - tj, kWidth / base - tj)
@@ -280,9 +329,15 @@ std::vector<float> resample_sinc(const std::vector<float>& x, int from_rate, int
     if (row.first < 0) row.first = 0;
   }
 
-  const auto n = static_cast<int64_t>(x.size());
-  // ceil(new * length / orig) in float64, as torch.
-  const auto out_len = static_cast<int64_t>(std::ceil(static_cast<double>(nnew * n) / static_cast<double>(orig)));
+  // torch's conv1d sums the taps in kernel order in float32. Which kernel runs depends on the
+  // padded input's size (aten use_mkldnn: more than 20480 elements -> oneDNN): oneDNN rounds
+  // once per tap (fused multiply-add), the native im2col path rounds product and sum apart.
+  // Reproducing that rounding bit for bit matters for 8 kHz input: above 4 kHz the resampled
+  // signal holds little but float32 rounding noise, which the quietest mel bins then measure.
+  // The native path's gemm fuses too once the kernel has more than two rows (measured on
+  // torch 2.11: bit-exact for every rate on the oneDNN path and for 8/12/32/48 kHz on the
+  // native one; 11.025/22.05/44.1 kHz inputs under ~0.5 s differ from it by 1 ulp at times).
+  const bool fused = n + 2 * width + orig > 20480 || nnew > 2;
   std::vector<float> y(static_cast<size_t>(out_len));
   for (int64_t o = 0; o < out_len; ++o) {
     const int64_t k = o / nnew;
@@ -292,13 +347,15 @@ std::vector<float> resample_sinc(const std::vector<float>& x, int from_rate, int
     const auto taps = static_cast<int64_t>(row.taps.size());
     const int64_t a = std::max<int64_t>(0, -start);
     const int64_t b = std::min<int64_t>(taps, n - start);
-    // float32, taps in kernel order, product and sum rounded separately: what torch's conv1d
-    // computes for the short kernels of 8/24/32 kHz input, bit for bit (other rates differ
-    // from it by about 1 ulp: torch's summation order there depends on its conv algorithm).
     float acc = 0;
-    for (int64_t i = a; i < b; ++i) {
-      const float p = row.taps[static_cast<size_t>(i)] * x[static_cast<size_t>(start + i)];
-      acc += p;
+    if (fused) {
+      for (int64_t i = a; i < b; ++i)
+        acc = std::fma(row.taps[static_cast<size_t>(i)], x[static_cast<size_t>(start + i)], acc);
+    } else {
+      for (int64_t i = a; i < b; ++i) {
+        const float p = row.taps[static_cast<size_t>(i)] * x[static_cast<size_t>(start + i)];
+        acc += p;
+      }
     }
     y[static_cast<size_t>(o)] = acc;
   }
@@ -350,13 +407,16 @@ Audio decode_file(const std::filesystem::path& path, const DecodeOptions& option
   auto size = std::filesystem::file_size(path, ec);
   if (ec) throw Error(name + ": cannot read the file size (" + ec.message() + ")");
   if (size == 0) throw Error(name + ": empty file (0 bytes); " + kExpected);
+  bool mpeg = false;
   {
     unsigned char head[4] = {0, 0, 0, 0};
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error(name + ": cannot open the file for reading");
     in.read(reinterpret_cast<char*>(head), 4);
     check_magic(head, static_cast<size_t>(in.gcount()), name);
+    mpeg = is_mpeg(head, static_cast<size_t>(in.gcount()));
   }
+  StderrSilencer quiet(options.silence_codec_messages && mpeg);
   SF_INFO info{};
   SNDFILE* f = sf_open(name.c_str(), SFM_READ, &info);
   if (f == nullptr) throw Error(open_error(name));
@@ -367,6 +427,7 @@ Audio decode_memory(const void* data, size_t size, const DecodeOptions& options,
   check_options(options, name);
   if (size == 0 || data == nullptr) throw Error(name + ": empty input (0 bytes); " + kExpected);
   check_magic(static_cast<const unsigned char*>(data), size, name);
+  StderrSilencer quiet(options.silence_codec_messages && is_mpeg(static_cast<const unsigned char*>(data), size));
   MemoryFile mem;
   mem.data = static_cast<const unsigned char*>(data);
   mem.size = static_cast<sf_count_t>(size);

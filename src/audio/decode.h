@@ -7,7 +7,12 @@
 //     polyphase after gcd reduction of the two rates). libsoxr ("soxr_hq") is available instead.
 // Bad input (empty, truncated, corrupt, unknown codec, no samples, NaN/Inf samples, absurd
 // lengths, too many channels) is refused with one kvrun::Error line: what was expected and
-// what was found. Memory is bounded by the audio's duration (max_seconds).
+// what was found. Memory is bounded by the audio's duration (max_seconds). A WAV/AIFF data
+// chunk or a FLAC stream shorter than its header says is refused as truncated; MP3 has no exact
+// length, so a cut MP3 decodes up to the cut (libmpg123 may print notes on stderr meanwhile,
+// see DecodeOptions::silence_codec_messages).
+// Only RIFF/RF64 (WAV), FLAC, Ogg and MPEG audio bytes reach libsndfile's parsers.
+// Not thread-safe for error messages: libsndfile keeps its last open error globally.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -35,6 +40,10 @@ struct DecodeOptions {
   // seconds x (input rate + target rate) x 4 bytes).
   double max_seconds = 7200;
   int max_channels = 64;
+  // libmpg123 prints notes about damaged MP3 frames straight to stderr. When true, the process's
+  // stderr (fd 2) points to /dev/null while MPEG audio is opened and decoded, so that a command
+  // line tool shows only its own one-line error. Affects every thread: leave it off in servers.
+  bool silence_codec_messages = false;
 };
 
 // Decodes a file. `path` is named in every error message.

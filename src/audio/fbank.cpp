@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
-#include <complex>
 #include <cstdlib>
 #include <memory>
 
@@ -54,7 +53,8 @@ std::vector<float> window_function(const std::string& type, int n) {
 // rounding would double that error in the quiet mel bins, a double one does not add to it.
 class FftDouble {
  public:
-  explicit FftDouble(int n) : n_(n), rev_(static_cast<size_t>(n)), tw_(static_cast<size_t>(n / 2)) {
+  explicit FftDouble(int n)
+      : n_(n), rev_(static_cast<size_t>(n)), cos_(static_cast<size_t>(n / 2)), sin_(static_cast<size_t>(n / 2)) {
     int bits = 0;
     while ((1 << bits) < n) ++bits;
     for (int i = 0; i < n; ++i) {
@@ -63,32 +63,43 @@ class FftDouble {
       rev_[static_cast<size_t>(i)] = r;
     }
     for (int k = 0; k < n / 2; ++k) {
-      tw_[static_cast<size_t>(k)] = std::polar(1.0, -2.0 * M_PI * k / n);
+      cos_[static_cast<size_t>(k)] = std::cos(2.0 * M_PI * k / n);
+      sin_[static_cast<size_t>(k)] = -std::sin(2.0 * M_PI * k / n);
     }
+    re_.resize(static_cast<size_t>(n));
+    im_.resize(static_cast<size_t>(n));
   }
   // power[k] = |X[k]|^2 for k = 0..n/2 of the real input x[0..n).
   void power(const float* x, std::vector<double>* power) {
-    buf_.resize(static_cast<size_t>(n_));
-    for (int i = 0; i < n_; ++i) buf_[static_cast<size_t>(rev_[static_cast<size_t>(i)])] = {x[i], 0.0};
+    double* re = re_.data();
+    double* im = im_.data();
+    for (int i = 0; i < n_; ++i) {
+      re[rev_[static_cast<size_t>(i)]] = x[i];
+      im[i] = 0;
+    }
     for (int len = 2; len <= n_; len <<= 1) {
       const int half = len / 2, stride = n_ / len;
       for (int s = 0; s < n_; s += len) {
         for (int k = 0; k < half; ++k) {
-          const std::complex<double> t = tw_[static_cast<size_t>(k * stride)] * buf_[static_cast<size_t>(s + k + half)];
-          const std::complex<double> u = buf_[static_cast<size_t>(s + k)];
-          buf_[static_cast<size_t>(s + k)] = u + t;
-          buf_[static_cast<size_t>(s + k + half)] = u - t;
+          const double wr = cos_[static_cast<size_t>(k * stride)], wi = sin_[static_cast<size_t>(k * stride)];
+          const int a = s + k, b = s + k + half;
+          const double tr = wr * re[b] - wi * im[b];
+          const double ti = wr * im[b] + wi * re[b];
+          re[b] = re[a] - tr;
+          im[b] = im[a] - ti;
+          re[a] += tr;
+          im[a] += ti;
         }
       }
     }
     power->resize(static_cast<size_t>(n_ / 2 + 1));
-    for (int k = 0; k <= n_ / 2; ++k) (*power)[static_cast<size_t>(k)] = std::norm(buf_[static_cast<size_t>(k)]);
+    for (int k = 0; k <= n_ / 2; ++k) (*power)[static_cast<size_t>(k)] = re[k] * re[k] + im[k] * im[k];
   }
 
  private:
   int n_;
   std::vector<int> rev_;
-  std::vector<std::complex<double>> tw_, buf_;
+  std::vector<double> cos_, sin_, re_, im_;
 };
 
 // torchaudio get_mel_banks (no VTLN): triangles in mel space over fft bins 0..padded/2-1

@@ -6,19 +6,20 @@
 
 #include "arch/decoder.h"
 #include "arch/tensor_names.h"
-#include "package/manifest.h"
-#include "package/quantize_package.h"
 #include "io/fs.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "kvrun/build.h"
+#include "package/manifest.h"
+#include "package/package_parts.h"
+#include "package/quantize_package.h"
 #include "runtime/ort_session.h"
 
 namespace kvrun {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-static graph::QuantizeOptions quant_options(const BuildOptions& o) {
+graph::QuantizeOptions build::quant_options(const BuildOptions& o) {
   graph::QuantizeOptions q;
   static_cast<QuantSettings&>(q) = o.quant;
   q.mode = o.precision;
@@ -33,7 +34,7 @@ void BuildOptions::validate() const {
     throw Error("build: --target must be 'ort' or 'portable', found '" + target + "'");
   if (precision != "fp32" && precision != "fp16" && precision != "int8" && precision != "int4")
     throw Error("build: --precision must be fp32, fp16, int8 or int4, found '" + precision + "'");
-  if (precision == "int8" || precision == "int4") quant_options(*this).validate();
+  if (precision == "int8" || precision == "int4") build::quant_options(*this).validate();
   if (kv_dtype != "auto" && kv_dtype != "fp32" && kv_dtype != "fp16")
     throw Error("build: --kv-dtype must be auto, fp32 or fp16, found '" + kv_dtype + "'");
   const std::string kv = resolved_kv_dtype();
@@ -89,19 +90,22 @@ json chat_template_of(const fs::path& ckpt) {
 
 }  // namespace
 
-BuildResult build_package(const BuildOptions& opt) {
-  opt.validate();
-  const auto t0 = std::chrono::steady_clock::now();
-  const io::ModelConfig cfg = io::load_model_config(opt.checkpoint);
-  const io::GenerationConfig gen = io::load_generation_config(opt.checkpoint, cfg);
-  const io::TensorStore store(opt.checkpoint);
+namespace build {
+
+// The decoder half of a package: embedding table, embedding + decoder graphs, tokenizer
+// and config files (from `files_dir`), kvrun.json, and the int8/int4 decoder graphs.
+// Returns the manifest as written; the graph list goes to `graphs`.
+json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::ModelConfig& cfg,
+                     const io::GenerationConfig& gen, const io::TensorStore& store, const fs::path& files_dir,
+                     std::vector<arch::GraphSignature>& graphs) {
   arch::check_checkpoint(store, cfg);
+  if (opt.target == "ort" && cfg.head_dim % 16 != 0)
+    throw Error("build: target ort uses ONNX Runtime's GroupQueryAttention, whose CPU kernel needs a head_dim that " +
+                std::string("is a multiple of 16; this model's head_dim is ") + std::to_string(cfg.head_dim) +
+                " (use --target portable)");
   const io::DType dt = opt.precision == "fp16" ? io::DType::F16 : io::DType::F32;  // int8/int4: fp32, then quantized
   const arch::Target target = opt.target == "ort" ? arch::Target::Ort : arch::Target::Portable;
   const int64_t max_len = opt.max_length > 0 ? opt.max_length : cfg.max_position_embeddings;
-
-  io::StagedDir staged(opt.out, opt.overwrite);
-  const fs::path dir = staged.path();
   auto progress = [&](const std::string& stage, int64_t done, int64_t total) {
     if (opt.progress) opt.progress(stage, done, total);
   };
@@ -126,7 +130,6 @@ BuildResult build_package(const BuildOptions& opt) {
   progress("embedding", 1, 1);
 
   // 2. graphs
-  std::vector<arch::GraphSignature> graphs;
   graphs.push_back(arch::build_embedding_graph(cfg, dt, dir, embed_entry));
   const io::DType kv_dt = opt.resolved_kv_dtype() == "fp16" ? io::DType::F16 : io::DType::F32;
   arch::DecoderBuildOptions dopt{target, dt, max_len, opt.all_logits, kv_dt};
@@ -137,7 +140,7 @@ BuildResult build_package(const BuildOptions& opt) {
   // 3. tokenizer + config files
   std::vector<std::string> copied;
   for (const char* f : kCopiedFiles) {
-    const fs::path src = fs::is_directory(opt.checkpoint) ? opt.checkpoint / f : fs::path();
+    const fs::path src = fs::is_directory(files_dir) ? files_dir / f : fs::path();
     if (!src.empty() && fs::exists(src)) {
       fs::copy_file(src, dir / (std::string(f) == "config.json" ? "hf_config.json" : f));
       copied.push_back(std::string(f) == "config.json" ? "hf_config.json" : f);
@@ -154,7 +157,7 @@ BuildResult build_package(const BuildOptions& opt) {
                            opt.all_logits,
                            graphs,
                            copied,
-                           chat_template_of(opt.checkpoint),
+                           chat_template_of(files_dir),
                            fs::absolute(opt.checkpoint).string()};
   json manifest = build::make_manifest(mi);
   io::write_text_file_atomic(dir / "kvrun.json", manifest.dump(2) + "\n");
@@ -168,20 +171,23 @@ BuildResult build_package(const BuildOptions& opt) {
     manifest["quantization"] = build::quantization_record(q, rep);
     io::write_text_file_atomic(dir / "kvrun.json", manifest.dump(2) + "\n");
   }
+  return manifest;
+}
 
-  // 5. ONNX Runtime load check of every graph
-  if (opt.load_check) {
-    for (size_t i = 0; i < graphs.size(); ++i) {
-      progress("load-check", static_cast<int64_t>(i), static_cast<int64_t>(graphs.size()));
-      runtime::SessionConfig sc;
-      sc.optimize = false;  // a load check; optimizations run when the package is used
-      runtime::Session s(dir / graphs[i].file, sc);
-    }
-    progress("load-check", static_cast<int64_t>(graphs.size()), static_cast<int64_t>(graphs.size()));
+// ONNX Runtime load check of every graph file given.
+void load_check(const fs::path& dir, const std::vector<std::string>& files, const ProgressFn& progress) {
+  for (size_t i = 0; i < files.size(); ++i) {
+    if (progress) progress("load-check", static_cast<int64_t>(i), static_cast<int64_t>(files.size()));
+    runtime::SessionConfig sc;
+    sc.optimize = false;  // a load check; optimizations run when the package is used
+    runtime::Session s(dir / files[i], sc);
   }
+  if (progress) progress("load-check", static_cast<int64_t>(files.size()), static_cast<int64_t>(files.size()));
+}
 
+BuildResult finish_build(io::StagedDir& staged, const BuildOptions& opt, std::chrono::steady_clock::time_point t0) {
   BuildResult r;
-  for (const auto& e : fs::directory_iterator(dir)) {
+  for (const auto& e : fs::directory_iterator(staged.path())) {
     r.files.push_back(e.path().filename().string());
     r.bytes += fs::file_size(e.path());
   }
@@ -190,6 +196,27 @@ BuildResult build_package(const BuildOptions& opt) {
   r.out = opt.out;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
+}
+
+}  // namespace build
+
+BuildResult build_package(const BuildOptions& opt) {
+  opt.validate();
+  if (build::is_funasr_nano_folder(opt.checkpoint)) return build::build_funasr_nano_package(opt);
+  const auto t0 = std::chrono::steady_clock::now();
+  const io::ModelConfig cfg = io::load_model_config(opt.checkpoint);
+  const io::GenerationConfig gen = io::load_generation_config(opt.checkpoint, cfg);
+  const io::TensorStore store(opt.checkpoint);
+
+  io::StagedDir staged(opt.out, opt.overwrite);
+  std::vector<arch::GraphSignature> graphs;
+  build::build_llm_parts(staged.path(), opt, cfg, gen, store, opt.checkpoint, graphs);
+  if (opt.load_check) {
+    std::vector<std::string> files;
+    for (const auto& g : graphs) files.push_back(g.file);
+    build::load_check(staged.path(), files, opt.progress);
+  }
+  return build::finish_build(staged, opt, t0);
 }
 
 }  // namespace kvrun

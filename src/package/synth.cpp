@@ -9,12 +9,13 @@
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "kvrun/build.h"
+#include "package/synth_common.h"
 
 namespace kvrun {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
+namespace synth {
 
 uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9e3779b97f4a7c15ull);
@@ -41,25 +42,41 @@ void fill_normal(float* out, size_t n, uint64_t seed, const std::string& name, d
   }
 }
 
-}  // namespace
+io::DType dtype_of(const std::string& dtype) {
+  if (dtype == "f32") return io::DType::F32;
+  if (dtype == "f16") return io::DType::F16;
+  if (dtype == "bf16") return io::DType::BF16;
+  throw Error("synth-checkpoint: --dtype must be f32, f16 or bf16, found '" + dtype + "'");
+}
+
+void fill_tensor(const arch::TensorSpec& spec, const std::string& seed_name, io::DType dt, uint64_t seed,
+                 double std_dev, std::vector<float>& f, std::vector<uint8_t>& buf) {
+  const size_t n = buf.size() / io::dtype_size(dt);
+  f.assign(n, 0.0f);
+  if (spec.init == arch::TensorSpec::Init::Normal)
+    fill_normal(f.data(), n, seed, seed_name, std_dev);
+  else if (spec.init == arch::TensorSpec::Init::Ones)
+    std::fill(f.begin(), f.end(), 1.0f);
+  auto* h = reinterpret_cast<uint16_t*>(buf.data());
+  if (dt == io::DType::F32)
+    std::memcpy(buf.data(), f.data(), buf.size());
+  else if (dt == io::DType::F16)
+    for (size_t k = 0; k < n; ++k) h[k] = io::f32_to_f16(f[k]);
+  else
+    for (size_t k = 0; k < n; ++k) h[k] = io::f32_to_bf16(f[k]);
+}
+
+}  // namespace synth
 
 void synth_checkpoint(const SynthOptions& opt) {
+  if (opt.funasr_nano) return synth_funasr_nano(opt);
   if (opt.out.empty()) throw Error("synth-checkpoint: an output folder is required (-o)");
   const fs::path cfg_file = fs::is_directory(opt.config) ? opt.config / "config.json" : opt.config;
   json raw = io::read_json_file(cfg_file);
   const io::ModelConfig cfg = io::parse_model_config(raw, cfg_file.string());
   std::string dtype = opt.dtype;
   if (dtype.empty()) dtype = cfg.torch_dtype == "bfloat16" ? "bf16" : cfg.torch_dtype == "float16" ? "f16" : "f32";
-  io::DType dt;
-  if (dtype == "f32") {
-    dt = io::DType::F32;
-  } else if (dtype == "f16") {
-    dt = io::DType::F16;
-  } else if (dtype == "bf16") {
-    dt = io::DType::BF16;
-  } else {
-    throw Error("synth-checkpoint: --dtype must be f32, f16 or bf16, found '" + dtype + "'");
-  }
+  const io::DType dt = synth::dtype_of(dtype);
   double std_dev = opt.std_dev;
   if (std_dev <= 0) std_dev = raw.value("initializer_range", 0.02);
   if (!(std_dev > 0 && std_dev < 10)) throw Error("synth-checkpoint: standard deviation must be in (0, 10)");
@@ -72,20 +89,7 @@ void synth_checkpoint(const SynthOptions& opt) {
   io::write_safetensors_streaming(
       staged.path() / "model.safetensors", tensors, {{"format", "pt"}, {"producer", "kvrun synth-checkpoint"}}, 8,
       [&](size_t i, std::vector<uint8_t>& buf) {
-        const arch::TensorSpec& s = specs[i];
-        const size_t n = buf.size() / io::dtype_size(dt);
-        f.assign(n, 0.0f);
-        if (s.init == arch::TensorSpec::Init::Normal)
-          fill_normal(f.data(), n, opt.seed, s.name, std_dev);
-        else if (s.init == arch::TensorSpec::Init::Ones)
-          std::fill(f.begin(), f.end(), 1.0f);
-        auto* h = reinterpret_cast<uint16_t*>(buf.data());
-        if (dt == io::DType::F32)
-          std::memcpy(buf.data(), f.data(), buf.size());
-        else if (dt == io::DType::F16)
-          for (size_t k = 0; k < n; ++k) h[k] = io::f32_to_f16(f[k]);
-        else
-          for (size_t k = 0; k < n; ++k) h[k] = io::f32_to_bf16(f[k]);
+        synth::fill_tensor(specs[i], specs[i].name, dt, opt.seed, std_dev, f, buf);
         if (opt.progress) opt.progress("weights", static_cast<int64_t>(i + 1), static_cast<int64_t>(specs.size()));
       });
   raw["torch_dtype"] = dtype == "f32" ? "float32" : dtype == "f16" ? "float16" : "bfloat16";

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <thread>
 
@@ -10,7 +11,7 @@
 namespace kvrun::reference {
 namespace {
 
-constexpr int64_t kPanel = 8;  // output columns per packed panel
+constexpr int64_t kPanel = 16;  // output columns per packed panel
 
 // Runs fn(i) for i in [0, n), split over up to `threads` threads in contiguous ranges.
 void parallel_for(int64_t n, int threads, int64_t min_per_thread, const std::function<void(int64_t, int64_t)>& fn) {
@@ -29,30 +30,73 @@ void parallel_for(int64_t n, int threads, int64_t min_per_thread, const std::fun
   for (auto& th : pool) th.join();
 }
 
-// R rows of x (stride ldx) times one packed panel [in][8] -> acc[R][8].
+// Eight floats (GCC/Clang vector extension; two SSE registers or one AVX register).
+typedef float v8f __attribute__((vector_size(32)));
+
+// (A macro: functions taking or returning v8f by value change the ABI without AVX.)
+#define KVRUN_LOAD8(v, p) \
+  v8f v;                  \
+  std::memcpy(&v, (p), sizeof(v8f))
+
+// The hot loops get an x86-64-v3 (AVX2 + FMA) clone chosen at load time where the
+// compiler and CPU support it; elsewhere the portable build runs.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KVRUN_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define KVRUN_HOT
+#endif
+
+// R rows of x (stride ldx) times one packed panel [in][16] -> y (stride ldy), `cols` valid columns.
 template <int R>
-void micro_kernel(const float* x, int64_t ldx, const float* panel, int64_t in, float* y, int64_t ldy, int64_t cols,
-                  const float* bias) {
-  float acc[R][kPanel] = {};
+inline __attribute__((always_inline)) void micro_kernel(const float* x, int64_t ldx, const float* panel, int64_t in,
+                                                        float* y, int64_t ldy, int64_t cols, const float* bias) {
+  v8f a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = v8f{};
   for (int64_t k = 0; k < in; ++k) {
-    const float* w = panel + k * kPanel;
+    KVRUN_LOAD8(w0, panel + k * kPanel);
+    KVRUN_LOAD8(w1, panel + k * kPanel + 8);
     for (int r = 0; r < R; ++r) {
       const float a = x[r * ldx + k];
-      for (int j = 0; j < kPanel; ++j) acc[r][j] += a * w[j];
+      a0[r] += a * w0;
+      a1[r] += a * w1;
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int64_t j = 0; j < cols; ++j) y[r * ldy + j] = acc[r][j] + bias[j];
+  for (int r = 0; r < R; ++r) {
+    float out[kPanel];
+    std::memcpy(out, &a0[r], sizeof(v8f));
+    std::memcpy(out + 8, &a1[r], sizeof(v8f));
+    for (int64_t j = 0; j < cols; ++j) y[r * ldy + j] = out[j] + bias[j];
+  }
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+// y[t, o] = x[t, :] . W[o, :] + b[o] for the panels [p0, p1) (16 output columns each).
+KVRUN_HOT void gemm_panels(const float* x, int64_t T, int64_t in, const float* packed, const float* bias, int64_t out,
+                           float* y, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* panel = packed + p * in * kPanel;
+    const int64_t o0 = p * kPanel, cols = std::min(kPanel, out - o0);
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) micro_kernel<4>(x + t * in, in, panel, in, y + t * out + o0, out, cols, bias + o0);
+    for (; t < T; ++t) micro_kernel<1>(x + t * in, in, panel, in, y + t * out + o0, out, cols, bias + o0);
+  }
+}
+
+KVRUN_HOT float dot(const float* a, const float* b, int64_t n) {
+  v8f acc = {};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  for (; i + 8 <= n; i += 8) {
+    KVRUN_LOAD8(x, a + i);
+    KVRUN_LOAD8(y, b + i);
+    acc += x * y;
+  }
   float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
+}
+
+// acc[0, n) += w * v[0, n)
+KVRUN_HOT void axpy(float w, const float* v, float* acc, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) acc[j] += w * v[j];
 }
 
 // torch LayerNorm over the last axis (statistics in double).
@@ -160,15 +204,7 @@ void AudioEncoderRef::linear(const Linear& L, const float* x, int64_t T, float* 
   const int64_t panels = (L.out + kPanel - 1) / kPanel;
   const bool small = T * L.in * L.out < (int64_t{1} << 18);  // not worth a thread
   parallel_for(panels, threads_, small ? panels : 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const float* panel = L.packed.data() + p * L.in * kPanel;
-      const int64_t o0 = p * kPanel, cols = std::min(kPanel, L.out - o0);
-      const float* bias = L.bias.data() + o0;
-      int64_t t = 0;
-      for (; t + 4 <= T; t += 4)
-        micro_kernel<4>(x + t * L.in, L.in, panel, L.in, y + t * L.out + o0, L.out, cols, bias);
-      for (; t < T; ++t) micro_kernel<1>(x + t * L.in, L.in, panel, L.in, y + t * L.out + o0, L.out, cols, bias);
-    }
+    gemm_panels(x, T, L.in, L.packed.data(), L.bias.data(), L.out, y, p0, p1);
   });
 }
 
@@ -179,7 +215,7 @@ void AudioEncoderRef::attention(const float* q, const float* k, const float* v, 
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dk)));
   parallel_for(heads * T, threads_, 16, [&](int64_t i0, int64_t i1) {
     std::vector<double> p(static_cast<size_t>(T));
-    std::vector<double> acc(static_cast<size_t>(dk));
+    std::vector<float> acc(static_cast<size_t>(dk));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t h = i / T, t = i % T;
       const float* qt = q + t * ld + h * dk;
@@ -190,13 +226,10 @@ void AudioEncoderRef::attention(const float* q, const float* k, const float* v, 
       }
       double sum = 0;
       for (int64_t s = 0; s < T; ++s) sum += p[static_cast<size_t>(s)] = std::exp(p[static_cast<size_t>(s)] - mx);
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t s = 0; s < T; ++s) {
-        const double w = p[static_cast<size_t>(s)] / sum;
-        const float* vs = v + s * ld + h * dk;
-        for (int64_t j = 0; j < dk; ++j) acc[static_cast<size_t>(j)] += w * vs[j];
-      }
-      for (int64_t j = 0; j < dk; ++j) out[t * d + h * dk + j] = static_cast<float>(acc[static_cast<size_t>(j)]);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t s = 0; s < T; ++s)
+        axpy(static_cast<float>(p[static_cast<size_t>(s)] / sum), v + s * ld + h * dk, acc.data(), dk);
+      std::copy(acc.begin(), acc.end(), out + t * d + h * dk);
     }
   });
 }

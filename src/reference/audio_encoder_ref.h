@@ -32,7 +32,7 @@ class AudioEncoderRef {
  private:
   struct Linear {
     int64_t in = 0, out = 0;
-    std::vector<float> packed;  // [ceil(out / 8)][in][8], zero padded
+    std::vector<float> packed;  // [ceil(out / 16)][in][16], zero padded
     std::vector<float> bias;    // [out]
   };
   struct Norm {

@@ -51,5 +51,7 @@ Command add_fix_command(CLI::App& app);
 Command add_quantize_command(CLI::App& app);
 // kvrun bench (cmd_bench.cpp)
 Command add_bench_command(CLI::App& app);
+// kvrun transcribe (cmd_transcribe.cpp)
+Command add_transcribe_command(CLI::App& app);
 
 }  // namespace kvrun::cli

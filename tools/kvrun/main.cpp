@@ -20,7 +20,10 @@ int main(int argc, char** argv) {
   kvrun::BuildOptions bo;
   bool quiet = false;
   auto* build = app.add_subcommand("build", "Convert a Hugging Face checkpoint into a kvrun package folder");
-  build->add_option("checkpoint", bo.checkpoint, "Checkpoint folder: config.json + model.safetensors (or sharded)")
+  build
+      ->add_option("checkpoint", bo.checkpoint,
+                   "Checkpoint folder: config.json + model.safetensors or pytorch_model.bin (or sharded); or a "
+                   "FunASR-nano folder (model.pt + config.yaml + Qwen3-0.6B/)")
       ->required();
   build->add_option("-o,--out", bo.out, "Package folder to create (built under a temporary name, renamed at the end)")
       ->required();
@@ -61,8 +64,20 @@ int main(int argc, char** argv) {
   kvrun::SynthOptions so;
   auto* synth =
       app.add_subcommand("synth-checkpoint", "Write a checkpoint with deterministic random weights for a config.json");
-  synth->add_option("--config", so.config, "config.json (or a folder holding it) of a supported architecture")
-      ->required();
+  auto* synth_config =
+      synth->add_option("--config", so.config,
+                        "config.json (or a folder holding it) of a supported architecture (with --funasr-nano: the "
+                        "LLM's config, default Qwen3-0.6B's)");
+  synth->add_flag("--funasr-nano", so.funasr_nano,
+                  "Write a FunASR-nano folder as published: model.pt (bf16, state_dict), config.yaml, Qwen3-0.6B/");
+  synth->add_option("--size", so.size, "--funasr-nano: real (encoder 512 wide, 50 + 20 blocks, Qwen3-0.6B) or tiny")
+      ->check(CLI::IsMember({"real", "tiny"}))
+      ->capture_default_str();
+  synth->add_option("--tokenizer", so.tokenizer,
+                    "--funasr-nano: folder whose tokenizer.json (+ tokenizer_config.json) go into Qwen3-0.6B/");
+  synth->callback([&so, synth_config] {
+    if (!so.funasr_nano && synth_config->count() == 0) throw CLI::RequiredError("--config");
+  });
   synth->add_option("-o,--out", so.out, "Checkpoint folder to create")->required();
   synth->add_option("--seed", so.seed, "Random seed (each tensor is seeded from seed + its name)")
       ->capture_default_str();
@@ -98,6 +113,7 @@ int main(int argc, char** argv) {
   commands.push_back(kvrun::cli::add_fix_command(app));
   commands.push_back(kvrun::cli::add_quantize_command(app));
   commands.push_back(kvrun::cli::add_bench_command(app));
+  commands.push_back(kvrun::cli::add_transcribe_command(app));
 
   try {
     app.parse(argc, argv);
