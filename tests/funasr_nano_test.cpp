@@ -279,6 +279,22 @@ TEST(FunAsrNano, CliTranscribesAndRefusesBadInput) {
   r = kvrun::test::run_cli({"transcribe", pkg, (tmp / "bad.wav").string()});
   EXPECT_EQ(r.exit_code, 2) << r.out;
   EXPECT_NE(r.out.find("bad.wav"), std::string::npos) << r.out;
+  {  // 1 s of digital silence, 16-bit mono 16 kHz
+    std::ofstream f(tmp / "silent.wav", std::ios::binary);
+    auto u32 = [&](uint32_t v) { f.write(reinterpret_cast<const char*>(&v), 4); };
+    auto u16 = [&](uint16_t v) { f.write(reinterpret_cast<const char*>(&v), 2); };
+    f << "RIFF";
+    u32(36 + 32000);
+    f << "WAVEfmt ";
+    u32(16), u16(1), u16(1), u32(16000), u32(32000), u16(2), u16(16);
+    f << "data";
+    u32(32000);
+    const std::string zeros(32000, '\0');
+    f.write(zeros.data(), static_cast<std::streamsize>(zeros.size()));
+  }
+  r = kvrun::test::run_cli({"transcribe", pkg, (tmp / "silent.wav").string()});
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("silence"), std::string::npos) << r.out;
   std::ofstream(tmp / "empty.wav").close();
   r = kvrun::test::run_cli({"transcribe", pkg, (tmp / "empty.wav").string()});
   EXPECT_EQ(r.exit_code, 2) << r.out;

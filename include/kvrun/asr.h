@@ -34,6 +34,9 @@ struct TranscribeOptions {
   int64_t max_new_tokens = 512;       // per segment (the reference's default)
   double max_segment_seconds = 30.0;  // longer audio is cut at quiet points
   int64_t batch_size = 8;             // segments decoded together (when the graphs allow batches)
+  // Silence codec libraries' own stderr notes while decoding (CLI use: redirects the
+  // process's stderr for that time).
+  bool quiet_decoders = false;
   void validate() const;              // throws kvrun::Error naming the field
 };
 

@@ -133,6 +133,7 @@ class FunAsrModel final : public SpeechModel {
   }
 
   Transcript transcribe_samples(const std::vector<float>& samples, const TranscribeOptions& opt) override {
+    check_not_silent(samples, "the audio");
     std::vector<Job> jobs;
     add_jobs(samples, "", 0, jobs);
     std::vector<Transcript> t(1);
@@ -146,7 +147,11 @@ class FunAsrModel final : public SpeechModel {
     std::vector<Job> jobs;
     for (size_t i = 0; i < files.size(); ++i) {
       const auto t0 = Clock::now();
-      const audio::Audio a = audio::decode_file(files[i], fe_.sample_rate);
+      audio::DecodeOptions dopt;
+      dopt.target_rate = fe_.sample_rate;
+      dopt.silence_codec_messages = opt.quiet_decoders;
+      const audio::Audio a = audio::decode_file(files[i], dopt);
+      check_not_silent(a.samples, files[i].string());
       out[i].source = files[i].string();
       out[i].stats.frontend_seconds += since(t0);
       add_jobs(a.samples, files[i].string(), i, jobs, opt.max_segment_seconds);
@@ -156,6 +161,15 @@ class FunAsrModel final : public SpeechModel {
   }
 
  private:
+  // Digital silence (every sample 0) has nothing to transcribe; the model would only invent text.
+  static void check_not_silent(const std::vector<float>& samples, const std::string& name) {
+    if (samples.empty()) throw Error("transcribe: " + name + " has no samples");
+    for (float x : samples)
+      if (x != 0.0f) return;
+    throw Error("transcribe: " + name + " is digital silence (all " + std::to_string(samples.size()) +
+                " samples are 0): nothing to transcribe");
+  }
+
   struct Job {
     size_t file = 0;
     double start = 0, end = 0;

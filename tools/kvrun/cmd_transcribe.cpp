@@ -45,6 +45,7 @@ int run_transcribe(TranscribeCliOptions& o) {
   o.opt.language = o.language;
   o.opt.hotwords = split_commas(o.hotwords);
   o.opt.itn = !o.no_itn;
+  o.opt.quiet_decoders = true;  // one error line: libmpg123's notes on damaged frames stay off the terminal
   o.opt.validate();
   ModelOptions mo;
   mo.threads = o.threads;
