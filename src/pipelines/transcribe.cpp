@@ -135,7 +135,7 @@ class FunAsrModel final : public SpeechModel {
   Transcript transcribe_samples(const std::vector<float>& samples, const TranscribeOptions& opt) override {
     check_not_silent(samples, "the audio");
     std::vector<Job> jobs;
-    add_jobs(samples, "", 0, jobs);
+    add_jobs(samples, "", 0, jobs, opt.max_segment_seconds);
     std::vector<Transcript> t(1);
     run_jobs(jobs, opt, t);
     return std::move(t[0]);
@@ -153,7 +153,8 @@ class FunAsrModel final : public SpeechModel {
       const audio::Audio a = audio::decode_file(files[i], dopt);
       check_not_silent(a.samples, files[i].string());
       out[i].source = files[i].string();
-      out[i].stats.frontend_seconds += since(t0);
+      out[i].stats.frontend_seconds += since(t0);  // decoding and resampling count as front end
+      out[i].stats.total_seconds += since(t0);
       add_jobs(a.samples, files[i].string(), i, jobs, opt.max_segment_seconds);
     }
     run_jobs(jobs, opt, out);
@@ -177,7 +178,7 @@ class FunAsrModel final : public SpeechModel {
   };
 
   void add_jobs(const std::vector<float>& samples, const std::string& name, size_t file, std::vector<Job>& jobs,
-                double max_seconds = 30.0) {
+                double max_seconds) {
     if (samples.empty()) throw Error("transcribe: " + (name.empty() ? std::string("audio") : name) + " has no samples");
     const double rate = fe_.sample_rate;
     for (const audio::Segment& seg : audio::split_at_quiet(samples, fe_.sample_rate, max_seconds)) {
@@ -273,7 +274,6 @@ class FunAsrModel final : public SpeechModel {
       }
       t.text = text;
       t.stats.total_seconds += audio_total > 0 ? total * t.stats.audio_seconds / audio_total : total;
-      t.stats.total_seconds += 0;  // decode time of the file itself is included in `total`
     }
   }
 
