@@ -187,6 +187,40 @@ TEST_P(FunAsrNanoTarget, TranscribesToTheReferenceIdsAndText) {
 
 INSTANTIATE_TEST_SUITE_P(Targets, FunAsrNanoTarget, ::testing::Values("ort", "portable"));
 
+// The exports other tools make of the same weights (tests/fixtures/funasr-export, made by
+// tools/make_funasr_export_fixtures.py after the sherpa-onnx export scripts): the whole
+// pipeline from the audio file gives the reference's ids on both layouts.
+class FunAsrNanoExport : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FunAsrNanoExport, TranscribesToTheReferenceIds) {
+  kvrun::test::TempDir tmp;
+  const fs::path d = tmp / GetParam();
+  fs::copy(fixture("funasr-export") / GetParam(), d, fs::copy_options::recursive);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    fs::copy_file(model_folder() / "Qwen3-0.6B" / f, d / "Qwen3-0.6B" / f);
+  auto model = kvrun::SpeechModel::load(d);
+  EXPECT_EQ(model->info().layout, GetParam() == "sherpa" ? "sherpa-onnx" : "split");
+  EXPECT_EQ(model->info().lfr_m, 7);
+  EXPECT_EQ(model->info().lfr_n, 6);
+  for (const auto& run : goldens().at("runs")) {
+    const std::string clip = run.at("clip").get<std::string>();
+    const fs::path wav = fixture("funasr-nano-tiny") / goldens().at("clips").at(clip).at("file").get<std::string>();
+    const kvrun::Transcript t = model->transcribe_file(wav, options_of(run));
+    ASSERT_EQ(t.segments.size(), 1u) << clip;
+    EXPECT_EQ(t.segments[0].audio_tokens, run.at("N").get<int64_t>()) << clip;
+    EXPECT_EQ(t.segments[0].ids, expected_ids(run)) << clip << " " << run.at("variant");
+    EXPECT_EQ(t.text, run.at("text").get<std::string>()) << clip << " " << run.at("variant");
+  }
+  // The CLI on the export folder.
+  const auto r =
+      kvrun::test::run_cli({"transcribe", d.string(), (fixture("funasr-nano-tiny") / "hello_16k.wav").string(),
+                            "--print-ids", "--max-new-tokens", "24"});
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find(json(expected_ids(goldens().at("runs").at(0))).dump()), std::string::npos) << r.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, FunAsrNanoExport, ::testing::Values("sherpa", "split"));
+
 TEST(FunAsrNano, VerifyChecksTheEncoderAndTheLlm) {
   kvrun::VerifyOptions vo;
   vo.package = package("ort");

@@ -37,7 +37,7 @@ struct TranscribeOptions {
   // Silence codec libraries' own stderr notes while decoding (CLI use: redirects the
   // process's stderr for that time).
   bool quiet_decoders = false;
-  void validate() const;              // throws kvrun::Error naming the field
+  void validate() const;  // throws kvrun::Error naming the field
 };
 
 struct TranscriptSegment {
