@@ -167,7 +167,7 @@ HostTensor HostTensor::from_f32(const std::vector<float>& v, std::vector<int64_t
   if (static_cast<int64_t>(v.size()) != h.numel())
     throw Error("tensor data has " + std::to_string(v.size()) + " values, shape needs " + std::to_string(h.numel()));
   if (t == io::DType::F32) {
-    std::memcpy(h.bytes.data(), v.data(), v.size() * 4);
+    if (!v.empty()) std::memcpy(h.bytes.data(), v.data(), v.size() * 4);
   } else if (t == io::DType::F16) {
     auto* p = reinterpret_cast<uint16_t*>(h.bytes.data());
     for (size_t i = 0; i < v.size(); ++i) p[i] = io::f32_to_f16(v[i]);
@@ -181,7 +181,7 @@ HostTensor HostTensor::from_i64(const std::vector<int64_t>& v, std::vector<int64
   HostTensor h = zeros(io::DType::I64, std::move(shape));
   if (static_cast<int64_t>(v.size()) != h.numel())
     throw Error("tensor data has " + std::to_string(v.size()) + " values, shape needs " + std::to_string(h.numel()));
-  std::memcpy(h.bytes.data(), v.data(), v.size() * 8);
+  if (!v.empty()) std::memcpy(h.bytes.data(), v.data(), v.size() * 8);  // an empty vector's data() may be null
   return h;
 }
 
