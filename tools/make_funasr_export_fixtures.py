@@ -60,6 +60,20 @@ onnx 1.23.2, onnxruntime 1.32.0):
   python tools/make_funasr_export_fixtures.py [--model tests/fixtures/funasr-nano-tiny]
       [--out tests/fixtures/funasr-export] [--max-total-len 128]
   python tools/make_funasr_export_fixtures.py --check   # ORT loops on the written folders
+
+Real-size exports for bench/run-asr.sh (not fixtures; written outside the repository):
+  python tools/make_funasr_export_fixtures.py --model <FunASR-nano folder> --out <dir> --no-goldens \
+      --layouts sherpa --own-tables --int8 --max-total-len 640
+  --no-goldens  the folder has no goldens.json (e.g. `kvrun synth-checkpoint --funasr-nano`): no
+                comparison with the reference, no expected.json, no --check
+  --layouts     which folders to write (default sherpa,split)
+  --own-tables  every graph keeps its own copy of the embedding table, as the published exports do
+                (no shared weights.data); a graph over 2 GB (the fp32 llm.onnx) is saved with its
+                tensors in one external file <name>.onnx.data next to it. The whole Qwen3-0.6B/
+                folder is copied (sherpa-onnx reads the tokenizer from it)
+  --int8        also write encoder_adaptor.int8.onnx, embedding.int8.onnx (onnxruntime quantize_dynamic,
+                MatMul only, QUInt8, as export_{encoder_adaptor,embedding}_onnx.py) and llm.int8.onnx
+                (quantize_dynamic QInt8, per channel, symmetric, no reduce_range, as export_llm_onnx.py)
 """
 
 import argparse
@@ -336,7 +350,8 @@ def load_goldens(model_dir):
     return g, t
 
 
-def export_all(model_dir, out, max_total_len):
+def export_all(model_dir, out, max_total_len, goldens_check=True, layouts=("sherpa", "split"), own_tables=False,
+               int8=False):
     import torch
 
     m, conf = load_funasr(model_dir)
@@ -346,7 +361,7 @@ def export_all(model_dir, out, max_total_len):
     if not np.array_equal(table, m.llm.lm_head.weight.detach().float().numpy()):
         raise SystemExit("the fixture relies on tied embeddings (Qwen3-0.6B: tie_word_embeddings true)")
     enc_out = m.audio_encoder.output_size()
-    goldens, tensors = load_goldens(model_dir)
+    goldens, tensors = load_goldens(model_dir) if goldens_check else ({"runs": []}, {})
 
     # The torch model, as exported, against the reference's goldens: adaptor rows and greedy ids.
     runs = []
@@ -393,15 +408,46 @@ def export_all(model_dir, out, max_total_len):
                   "num_layers": L, "kv_seq_axis": 2}
 
     def export(mod, args, path, ins, outs, axes, opset):
-        torch.onnx.export(mod, args, path, input_names=ins, output_names=outs, dynamic_axes=axes,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
+        if not own_tables:
+            torch.onnx.export(mod, args, path, input_names=ins, output_names=outs, dynamic_axes=axes,
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+            return
+        # a graph over 2 GB comes out of the exporter as one file per tensor: export into a temp
+        # folder, then save it as <name>.onnx (+ <name>.onnx.data when it is too big for one file)
+        import tempfile
 
-    for layout in ("sherpa", "split"):
+        import onnx
+
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+            t = os.path.join(tmp, os.path.basename(path))
+            torch.onnx.export(mod, args, t, input_names=ins, output_names=outs, dynamic_axes=axes,
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+            size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+            mp = onnx.load(t, load_external_data=True)
+            data = os.path.basename(path) + ".data"
+            if os.path.exists(path + ".data"):
+                os.remove(path + ".data")
+            onnx.save(mp, path, save_as_external_data=size > 1_900_000_000, all_tensors_to_one_file=True,
+                      location=data, size_threshold=1024)
+            del mp
+        print(f"  {path}: {os.path.getsize(path)} bytes" +
+              (f" + {os.path.getsize(path + '.data')} in {data}" if os.path.exists(path + ".data") else ""))
+
+    def table_of(p):
+        if not own_tables:
+            share_table(p, table, DATA)
+
+    for layout in layouts:
         d_out = os.path.join(out, layout)
         shutil.rmtree(d_out, ignore_errors=True)
         os.makedirs(os.path.join(d_out, "Qwen3-0.6B"))
-        for f in ("config.json", "generation_config.json"):
-            shutil.copy(os.path.join(model_dir, "Qwen3-0.6B", f), os.path.join(d_out, "Qwen3-0.6B"))
+        names = sorted(os.listdir(os.path.join(model_dir, "Qwen3-0.6B"))) if own_tables else \
+            ("config.json", "generation_config.json")
+        for f in names:
+            if os.path.exists(os.path.join(model_dir, "Qwen3-0.6B", f)):
+                shutil.copy(os.path.join(model_dir, "Qwen3-0.6B", f), os.path.join(d_out, "Qwen3-0.6B"))
+        if own_tables:
+            write_vocab_merges(os.path.join(d_out, "Qwen3-0.6B"))
         with torch.no_grad():
             p = os.path.join(d_out, "encoder_adaptor.onnx")
             export(EncoderAdaptor(), (torch.randn(1, 30, 560),), p, ["x"], ["encoder_out"],
@@ -412,7 +458,7 @@ def export_all(model_dir, out, max_total_len):
                    {"input_ids": {0: "batch_size", 1: "sequence_length"},
                     "embeddings": {0: "batch_size", 1: "sequence_length"}}, 17)
             set_meta(p, emb_meta)
-            share_table(p, table, DATA)
+            table_of(p)
             if layout == "sherpa":
                 S, past = 5, 3
                 caches = [torch.zeros(1, max_total_len, KV, D) for _ in range(2 * L)]
@@ -431,7 +477,7 @@ def export_all(model_dir, out, max_total_len):
                 export(KvDelta(), (torch.randn(1, S, H), torch.ones(1, past + S, dtype=torch.long),
                                    torch.arange(past, past + S), *caches), p, ins, outs, axes, 17)
                 set_meta(p, llm_meta)
-                share_table(p, table, DATA)
+                table_of(p)
             else:
                 S = 5
                 outs = ["logits"] + [f"present_{kv}_{i}" for i in range(L) for kv in ("key", "value")]
@@ -443,7 +489,7 @@ def export_all(model_dir, out, max_total_len):
                 export(Split(False), (torch.randn(1, S, H), torch.ones(1, S, dtype=torch.long)), p,
                        ["inputs_embeds", "attention_mask"], outs, axes, 17)
                 set_meta(p, split_meta)
-                share_table(p, table, DATA)
+                table_of(p)
                 past = [torch.randn(1, KV, 4, D) for _ in range(2 * L)]
                 pins = [f"past_{kv}_{i}" for i in range(L) for kv in ("key", "value")]
                 axes = {"inputs_embeds": {0: "batch"}, "attention_mask": {0: "batch", 1: "total_seq"},
@@ -456,10 +502,14 @@ def export_all(model_dir, out, max_total_len):
                 export(Split(True), (torch.randn(1, 1, H), torch.ones(1, 5, dtype=torch.long), *past), p,
                        ["inputs_embeds", "attention_mask"] + pins, outs, axes, 17)
                 set_meta(p, split_meta)
-                share_table(p, table, DATA)
+                table_of(p)
+        if int8:
+            quantize_int8(d_out, layout)
+    if own_tables or not goldens_check:
+        return None
     # The same bytes in both folders (git stores one blob; ONNX Runtime refuses external data
     # reached through a link that leaves the model's folder).
-    for layout in ("sherpa", "split"):
+    for layout in layouts:
         with open(os.path.join(out, layout, DATA), "wb") as f:
             f.write(table.tobytes())
 
@@ -480,6 +530,40 @@ def export_all(model_dir, out, max_total_len):
         json.dump(expected, f, indent=1)
         f.write("\n")
     return expected
+
+
+def write_vocab_merges(qdir):
+    """vocab.json + merges.txt from tokenizer.json when the folder has only the latter: sherpa-onnx's
+    FunASR-nano tokenizer reads those two (the published Qwen3-0.6B folder ships all three)."""
+    tj = os.path.join(qdir, "tokenizer.json")
+    if os.path.exists(os.path.join(qdir, "vocab.json")) or not os.path.exists(tj):
+        return
+    model = json.load(open(tj, encoding="utf-8"))["model"]
+    with open(os.path.join(qdir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(model["vocab"], f, ensure_ascii=False)
+    with open(os.path.join(qdir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        for m in model["merges"]:
+            f.write((m if isinstance(m, str) else " ".join(m)) + "\n")
+
+
+def quantize_int8(d_out, layout):
+    """*.int8.onnx next to the fp32 graphs, with the published export scripts' quantize_dynamic settings."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for name in ("encoder_adaptor", "embedding"):  # export_{encoder_adaptor,embedding}_onnx.py
+        quantize_dynamic(model_input=os.path.join(d_out, name + ".onnx"),
+                         model_output=os.path.join(d_out, name + ".int8.onnx"),
+                         op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)
+    llms = ["llm"] if layout == "sherpa" else ["llm_prefill", "llm_decode"]
+    for name in llms:  # export_llm_onnx.py quantize_int8_dynamic_no_data
+        quantize_dynamic(model_input=os.path.join(d_out, name + ".onnx"),
+                         model_output=os.path.join(d_out, name + ".int8.onnx"),
+                         weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
+                         extra_options={"WeightSymmetric": True}, use_external_data_format=False)
+    for f in sorted(os.listdir(d_out)):
+        if ".int8." in f:
+            print(f"  {os.path.join(d_out, f)}: {os.path.getsize(os.path.join(d_out, f))} bytes")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,11 +642,22 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures", "funasr-export"))
     ap.add_argument("--max-total-len", type=int, default=128)
     ap.add_argument("--check", action="store_true", help="only run the onnxruntime checks on --out")
+    ap.add_argument("--no-goldens", action="store_true",
+                    help="the model folder has no goldens (real-size random checkpoint): export only")
+    ap.add_argument("--layouts", default="sherpa,split", help="comma-separated: sherpa, split")
+    ap.add_argument("--own-tables", action="store_true",
+                    help="each graph keeps its own embedding table, as published (no shared weights.data)")
+    ap.add_argument("--int8", action="store_true", help="also write the *.int8.onnx graphs (quantize_dynamic)")
     a = ap.parse_args()
+    layouts = [x for x in a.layouts.split(",") if x]
+    if any(x not in ("sherpa", "split") for x in layouts):
+        ap.error("--layouts takes sherpa and/or split")
     if not a.check:
-        export_all(a.model, a.out, a.max_total_len)
-    check(a.out, a.model)
-    for layout in ("sherpa", "split"):
+        export_all(a.model, a.out, a.max_total_len, goldens_check=not a.no_goldens, layouts=layouts,
+                   own_tables=a.own_tables, int8=a.int8)
+    if not a.no_goldens:
+        check(a.out, a.model)
+    for layout in layouts:
         for f in sorted(os.listdir(os.path.join(a.out, layout))):
             p = os.path.join(a.out, layout, f)
             if os.path.islink(p):
