@@ -48,16 +48,14 @@ class FunAsrModel final : public SpeechModel {
  public:
   FunAsrModel(const fs::path& dir, const ModelOptions& mopt) {
     info_.dir = dir;
-    json asr;
     if (fs::exists(dir / "kvrun.json")) {
       const json m = io::read_json_file(dir / "kvrun.json");
       if (!m.contains("asr"))
         throw Error("transcribe: " + dir.string() +
                     " is a kvrun package without an \"asr\" section (a text model); build it from a speech " +
                     "model folder (FunASR-nano: model.pt + config.yaml) to transcribe with it");
-      asr = m.at("asr");
       info_.layout = "kvrun-" + m.value("target", std::string("ort"));
-      load_kvrun_section(asr);
+      load_kvrun_section(m.at("asr"));
     } else {
       load_export(dir);
     }
@@ -96,11 +94,11 @@ class FunAsrModel final : public SpeechModel {
     if (!tok_)
       throw Error("transcribe: no tokenizer in " + dir.string() +
                   " (expected tokenizer.json there or in Qwen3-0.6B/); found: " + list_files(dir));
-    if (stop_ids_.empty()) {
-      if (auto id = tok_->token_to_id("<|im_end|>")) stop_ids_.push_back(*id);
-      for (TokenId e : llm_->info().eos_ids)
-        if (std::find(stop_ids_.begin(), stop_ids_.end(), e) == stop_ids_.end() && stop_ids_.empty())
-          stop_ids_.push_back(e);
+    if (stop_ids_.empty()) {  // an export without the package's list: <|im_end|>, else the model's first EOS
+      if (auto id = tok_->token_to_id("<|im_end|>"))
+        stop_ids_.push_back(*id);
+      else if (!llm_->info().eos_ids.empty())
+        stop_ids_.push_back(llm_->info().eos_ids.front());
     }
     suffix_ids_ = tok_->encode(prompt_.suffix_text());
   }
@@ -133,6 +131,7 @@ class FunAsrModel final : public SpeechModel {
   }
 
   Transcript transcribe_samples(const std::vector<float>& samples, const TranscribeOptions& opt) override {
+    opt.validate();
     check_not_silent(samples, "the audio");
     std::vector<Job> jobs;
     add_jobs(samples, "", 0, jobs, opt.max_segment_seconds);
@@ -192,7 +191,6 @@ class FunAsrModel final : public SpeechModel {
   }
 
   void run_jobs(std::vector<Job>& jobs, const TranscribeOptions& opt, std::vector<Transcript>& out) {
-    opt.validate();
     const auto t_all = Clock::now();
     for (auto& t : out) t.segments.clear();
     GenerationOptions g;
