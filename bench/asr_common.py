@@ -16,7 +16,8 @@ import os
 import platform
 import resource
 import sys
-import time
+
+from common import busy_cores  # the decoder benches' /proc/stat probe, shared
 
 SCHEMA = "kvrun-bench-asr/1"
 SKIP = 3  # exit code of a runner whose engine is not installed / cannot run
@@ -36,21 +37,6 @@ def parse_args(description, model_help):
     a.busy_at_start = busy_cores()
     a.loadavg_start = os.getloadavg()[0]
     return a
-
-
-def busy_cores(interval=0.5):
-    """Cores other work kept busy over `interval` seconds (from /proc/stat), before loading."""
-    def sample():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]
-    try:
-        t0, i0 = sample()
-        time.sleep(interval)
-        t1, i1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return round((1 - (i1 - i0) / max(t1 - t0, 1)) * (os.cpu_count() or 1), 2)
 
 
 def dir_bytes(path, suffixes=None):
