@@ -26,12 +26,19 @@ struct QuantSettings {
 };
 
 struct BuildOptions {
-  std::filesystem::path checkpoint;  // folder with config.json + safetensors
+  std::filesystem::path checkpoint;  // folder with config.json + safetensors, or a .gguf file
   std::filesystem::path out;         // package folder to create
   std::string target = "ort";        // "ort" (fused com.microsoft ops) | "portable" (opset 17)
-  std::string precision = "fp32";    // "fp32" | "fp16" | "int8" | "int4" (fp32 graphs, then quantized)
+  // "fp32" | "fp16" | "int8" | "int4" (fp32 graphs, then quantized) | "source" (a GGUF
+  // file's own block types, exactly, as MatMulNBits; target ort) | "auto" (source for a
+  // GGUF file, else fp32)
+  std::string precision = "auto";
   int64_t max_length = 0;            // positions covered (0: config max_position_embeddings)
   bool all_logits = false;           // logits for every position, not only the last
+  // A chat template for the package: tokenizer_config.json (its chat_template) or a
+  // .jinja file. Default: the checkpoint's own (tokenizer_config.json, chat_template.jinja,
+  // a GGUF file's tokenizer.chat_template); a base model without one runs text as is.
+  std::filesystem::path chat_template;
   // KV cache dtype: "auto" (fp16 for int4 on target ort, else the precision's), "fp32",
   // "fp16" (target ort, or precision fp16). A float16 cache halves the bytes each decode step
   // reads from it.
@@ -42,6 +49,8 @@ struct BuildOptions {
   ProgressFn progress;
 
   void validate() const;                  // throws kvrun::Error
+  // "auto" decided for the checkpoint (source for a GGUF file, else fp32).
+  std::string resolved_precision() const;
   std::string resolved_kv_dtype() const;  // "fp32" | "fp16" ("auto" decided)
 };
 

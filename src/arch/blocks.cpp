@@ -39,6 +39,25 @@ std::vector<float> WeightReader::concat(const std::vector<std::string>& names) c
   return out;
 }
 
+std::vector<graph::NBitsWeight> WeightReader::nbits(const std::vector<std::string>& names) const {
+  if (!keep_quantized) return {};
+  for (const auto& nm : names) {
+    const io::TensorView& v = store_.get(nm);
+    if (!v.quantized() || !graph::ggml_has_nbits(static_cast<uint32_t>(v.ggml_type)) || v.shape.size() != 2) return {};
+  }
+  std::vector<graph::NBitsWeight> groups;
+  for (const auto& nm : names) {
+    const io::TensorView& v = store_.get(nm);
+    graph::NBitsWeight q =
+        graph::nbits_from_ggml(static_cast<io::GgmlType>(v.ggml_type), v.data, v.shape[0], v.shape[1]);
+    if (!groups.empty() && groups.back().compatible(q))
+      groups.back().append_rows(q);
+    else
+      groups.push_back(std::move(q));
+  }
+  return groups;
+}
+
 std::string Net::weight(const std::string& name, const std::vector<int64_t>& shape, const Lazy& make) {
   if (g.has_external(name)) return g.external(name, dt, shape);
   const std::vector<float> v = make();
@@ -54,6 +73,29 @@ std::string linear(Net& n, const std::string& scope, const std::string& x, const
                    int64_t out, const Lazy& make_w, const Lazy& make_bias) {
   const std::string W = n.weight(weight_name, {in, out}, make_w);
   std::string y = n.g.op("MatMul", scope + "/MatMul", {x, W});
+  if (make_bias) {
+    const std::string b = n.weight(weight_name + ".bias", {out}, make_bias);
+    y = n.g.op("Add", scope + "/Add", {y, b});
+  }
+  return y;
+}
+
+std::string linear_parts(Net& n, const std::string& scope, const std::string& x, const std::string& weight_name,
+                         const std::vector<std::string>& parts, int64_t in, int64_t out, const WeightReader& w,
+                         const Lazy& make_bias) {
+  const std::vector<graph::NBitsWeight> groups = n.dt == io::DType::F32 ? w.nbits(parts) : std::vector<graph::NBitsWeight>{};
+  if (groups.empty())
+    return linear(n, scope, x, weight_name, in, out, [&] { return w.transposed_concat(parts, in); }, make_bias);
+  const std::string base = weight_name.size() > 7 && weight_name.ends_with(".weight")
+                               ? weight_name.substr(0, weight_name.size() - 7)
+                               : weight_name;
+  std::vector<std::string> ys;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const std::string sfx = groups.size() > 1 ? "_" + std::to_string(i) : "";
+    const graph::NBitsNames names = graph::nbits_initializers(n.g, base + sfx, groups[i]);
+    ys.push_back(graph::nbits_matmul(n.g, scope + sfx, x, groups[i], names, w.accuracy_level));
+  }
+  std::string y = ys.size() == 1 ? ys[0] : n.g.op("Concat", scope + "/Concat", ys, {{"axis", -1}});
   if (make_bias) {
     const std::string b = n.weight(weight_name + ".bias", {out}, make_bias);
     y = n.g.op("Add", scope + "/Add", {y, b});
@@ -111,19 +153,13 @@ std::string mlp(Net& n, const std::string& scope, const std::string& x, const We
     gu_bias = [&] { return w.concat({nm.gate_bias, nm.up_bias}); };
     down_bias = [&] { return w.f32(nm.down_bias); };
   }
-  const std::string gu = linear(
-      n, scope + "/gate_up_proj", x, pre + "gate_up_proj.weight", H, 2 * F,
-      [&] {
-        return w.transposed_concat({nm.gate, nm.up}, H);
-      },
-      gu_bias);
+  const std::string gu =
+      linear_parts(n, scope + "/gate_up_proj", x, pre + "gate_up_proj.weight", {nm.gate, nm.up}, H, 2 * F, w, gu_bias);
   const auto parts = split_last(n, scope + "/gate_up_proj", gu, {F, F});
   const std::string sig = n.g.op("Sigmoid", scope + "/act/Sigmoid", {parts[0]});
   const std::string silu = n.g.op("Mul", scope + "/act/Mul", {parts[0], sig});
   const std::string prod = n.g.op("Mul", scope + "/Mul", {silu, parts[1]});
-  return linear(
-      n, scope + "/down_proj", prod, pre + "down_proj.weight", F, H, [&] { return w.transposed_concat({nm.down}, F); },
-      down_bias);
+  return linear_parts(n, scope + "/down_proj", prod, pre + "down_proj.weight", {nm.down}, F, H, w, down_bias);
 }
 
 }  // namespace kvrun::arch

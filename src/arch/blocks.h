@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "graph/builder.h"
+#include "graph/nbits.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 
@@ -22,6 +23,15 @@ class WeightReader {
   std::vector<float> transposed_concat(const std::vector<std::string>& names, int64_t in) const;
   // Concatenated biases; {} when the first name is empty.
   std::vector<float> concat(const std::vector<std::string>& names) const;
+
+  // Keep the checkpoint's own quantization (GGUF block types) as MatMulNBits weights.
+  bool keep_quantized = false;
+  int accuracy_level = 4;  // MatMulNBits accuracy_level for kept weights
+  // The MatMulNBits form of HF weights `names` ([out_i, in] each, stacked along out),
+  // one entry per run of consecutive names whose layouts can share one node; empty
+  // unless keep_quantized and every name is stored in a type with an exact form.
+  std::vector<graph::NBitsWeight> nbits(const std::vector<std::string>& names) const;
+  const io::TensorStore& store() const { return store_; }
 
  private:
   const io::TensorStore& store_;
@@ -42,6 +52,13 @@ struct Net {
 // x[.., in] @ W[in, out] (+ b). `weight_name` names the initializer; make_bias may be null.
 std::string linear(Net& n, const std::string& scope, const std::string& x, const std::string& weight_name, int64_t in,
                    int64_t out, const Lazy& make_w, const Lazy& make_bias);
+
+// x[.., in] @ W^T for HF weights `parts` ([out_i, in], stacked along out) under the
+// fused initializer name `weight_name`: MatMulNBits nodes (then a Concat) when the
+// reader keeps a GGUF file's quantization, else linear() over float weights.
+std::string linear_parts(Net& n, const std::string& scope, const std::string& x, const std::string& weight_name,
+                         const std::vector<std::string>& parts, int64_t in, int64_t out, const WeightReader& w,
+                         const Lazy& make_bias);
 
 // RMSNorm over the last axis from standard ops (Pow/ReduceMean/Add/Sqrt/Div/Mul),
 // computed in fp32 like transformers; ORT fuses the pattern into SimplifiedLayerNormalization.

@@ -35,6 +35,7 @@ struct DecoderEmitter {
   const io::ModelConfig& c;
   const WeightReader& w;
   const DecoderBuildOptions& opt;
+  const EmbeddingTable& table;
   Net n;
   std::vector<float> cos_tab, sin_tab;
 
@@ -76,13 +77,9 @@ struct DecoderEmitter {
     const LayerTensorNames nm = layer_tensor_names(c, l);
     Lazy bias;
     if (!nm.q_bias.empty()) bias = [&] { return w.concat({nm.q_bias, nm.k_bias, nm.v_bias}); };
-    return linear(
-        n, layer_scope(l) + "/attn/qkv_proj", x, "model.layers." + std::to_string(l) + ".self_attn.qkv_proj.weight",
-        c.hidden_size, c.q_dim() + 2 * c.kv_dim(),
-        [&] {
-          return w.transposed_concat({nm.q, nm.k, nm.v}, c.hidden_size);
-        },
-        bias);
+    return linear_parts(n, layer_scope(l) + "/attn/qkv_proj", x,
+                        "model.layers." + std::to_string(l) + ".self_attn.qkv_proj.weight", {nm.q, nm.k, nm.v},
+                        c.hidden_size, c.q_dim() + 2 * c.kv_dim(), w, bias);
   }
 
   // Qwen3 per-head RMSNorm on [b, s, heads*D] (reshaped to heads on the way).
@@ -101,9 +98,9 @@ struct DecoderEmitter {
     const LayerTensorNames nm = layer_tensor_names(c, l);
     Lazy bias;
     if (!nm.o_bias.empty()) bias = [&] { return w.f32(nm.o_bias); };
-    return linear(
-        n, layer_scope(l) + "/attn/o_proj", x, "model.layers." + std::to_string(l) + ".self_attn.o_proj.weight",
-        c.q_dim(), c.hidden_size, [&] { return w.transposed_concat({nm.o}, c.q_dim()); }, bias);
+    return linear_parts(n, layer_scope(l) + "/attn/o_proj", x,
+                        "model.layers." + std::to_string(l) + ".self_attn.o_proj.weight", {nm.o}, c.q_dim(),
+                        c.hidden_size, w, bias);
   }
 
   // Post-attention residual + norm + MLP + residual + the next norm. Returns {normed, residual}.
@@ -139,12 +136,25 @@ struct DecoderEmitter {
     const std::string out_shape =
         g.op("Concat", "/lm_head/OutShape", {bs, g.const_i64("/lm_head/vocab", {c.vocab_size})}, {{"axis", 0}});
     const std::string x2 = g.op("Reshape", "/lm_head/Flatten", {x, g.const_i64("/lm_head/flat", {-1, c.hidden_size})});
-    std::string W;
-    if (c.tie_word_embeddings)
-      W = g.external(kEmbedTokens, n.dt, {c.vocab_size, c.hidden_size});
-    else
-      W = n.weight(kLmHead, {c.vocab_size, c.hidden_size}, [&] { return w.f32(kLmHead); });
-    std::string y = g.op("Gemm", "/lm_head/Gemm", {x2, W}, {{"transB", 1}});
+    std::string y;
+    const std::vector<graph::NBitsWeight> head = c.tie_word_embeddings ? std::vector<graph::NBitsWeight>{}
+                                                                       : w.nbits({kLmHead});
+    if (c.tie_word_embeddings && table.quantized() && !opt.tied_head_float) {
+      const graph::NBitsNames nm = graph::nbits_initializers(g, kEmbedTokens, *table.nbits);
+      y = graph::nbits_matmul(g, "/lm_head", x2, *table.nbits, nm, opt.accuracy_level);
+    } else if (head.size() == 1 && n.dt == io::DType::F32) {
+      const graph::NBitsNames nm = graph::nbits_initializers(g, "lm_head", head[0]);
+      y = graph::nbits_matmul(g, "/lm_head", x2, head[0], nm, opt.accuracy_level);
+    } else {
+      std::string W;
+      if (c.tie_word_embeddings && !table.quantized())
+        W = g.external(kEmbedTokens, n.dt, {c.vocab_size, c.hidden_size});
+      else if (c.tie_word_embeddings)
+        W = n.weight(kLmHead, {c.vocab_size, c.hidden_size}, [&] { return w.f32(kEmbedTokens); });
+      else
+        W = n.weight(kLmHead, {c.vocab_size, c.hidden_size}, [&] { return w.f32(kLmHead); });
+      y = g.op("Gemm", "/lm_head/Gemm", {x2, W}, {{"transB", 1}});
+    }
     if (n.dt != io::DType::F32) {
       y = g.op("Reshape", "/lm_head/Reshape", {y, out_shape});
       g.node("Cast", "/lm_head/Cast", {y}, {"logits"}, {{"to", graph::onnx_elem_type(io::DType::F32)}});
@@ -330,7 +340,7 @@ struct DecoderEmitter {
 
 std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::TensorStore& store,
                                           const DecoderBuildOptions& opt, const fs::path& dir,
-                                          const graph::ExternalData::Entry& embed_entry,
+                                          const EmbeddingTable& table,
                                           const std::function<void(int64_t, int64_t)>& progress) {
   if (opt.dtype != io::DType::F32 && opt.dtype != io::DType::F16)
     throw Error("decoder graphs are built in F32 or F16 (quantization is a separate pass)");
@@ -338,10 +348,12 @@ std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::
     throw Error("a KV cache dtype other than the weights' is float16 under float32 weights, target ort only");
   const int64_t max_len = opt.max_length > 0 ? opt.max_length : cfg.max_position_embeddings;
   WeightReader w(store);
+  w.keep_quantized = opt.keep_quantized;
+  w.accuracy_level = opt.accuracy_level;
   std::vector<float> cos_tab, sin_tab;
   cfg.rope_tables(max_len, cos_tab, sin_tab);
   auto data = std::make_shared<graph::ExternalData>(dir / "decoder.onnx.data");
-  data->alias(kEmbedTokens, embed_entry);
+  table.alias_into(*data);
   std::vector<GraphSignature> sigs;
   const int64_t passes = opt.target == Target::Ort ? 1 : 2;
   auto emit = [&](const std::string& role, const std::string& file, std::map<std::string, int64_t> opsets, int pass,
@@ -349,7 +361,7 @@ std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::
     GraphBuilder g(dir / file, "kvrun_" + role, std::move(opsets), data);
     g.metadata("kvrun.role", role);
     g.metadata("kvrun.architecture", cfg.architecture);
-    DecoderEmitter e{cfg, w, opt, Net{g, opt.dtype}, cos_tab, sin_tab, {}};
+    DecoderEmitter e{cfg, w, opt, table, Net{g, opt.dtype}, cos_tab, sin_tab, {}};
     e.progress = [&](int64_t l) {
       if (progress) progress(pass * cfg.num_layers + l, passes * cfg.num_layers);
     };
@@ -369,15 +381,82 @@ std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::
   return sigs;
 }
 
+void EmbeddingTable::alias_into(graph::ExternalData& d) const {
+  if (!quantized()) {
+    d.alias(kEmbedTokens, entry);
+    return;
+  }
+  for (const auto& [name, e] : nbits_entries) d.alias(name, e);
+}
+
+namespace {
+
+// Rows of a quantized table, dequantized with standard ops: [b, s] ids -> [b, s, K] float32.
+std::string gather_nbits_rows(GraphBuilder& g, const std::string& ids, const graph::NBitsWeight& w,
+                              const graph::NBitsNames& nm) {
+  const std::string S = "/model/embed_tokens";
+  const io::DType u8 = io::DType::U8;
+  const auto f32 = graph::onnx_elem_type(io::DType::F32);
+  // 4-bit bytes -> [.., 2 * bytes] codes: element 2i is the low nibble of byte i.
+  auto unpack4 = [&](const std::string& x, const std::string& s) {
+    const std::string four = g.const_scalar(s + "/four", u8, 4);
+    const std::string hi = g.op("BitShift", s + "/High", {x, four}, {{"direction", "RIGHT"}});
+    const std::string lo = g.op("Sub", s + "/Low", {x, g.op("BitShift", s + "/HighBack", {hi, four}, {{"direction", "LEFT"}})});
+    const std::string last = g.const_i64(s + "/last", {-1});
+    const std::string pair = g.op("Concat", s + "/Pair",
+                                  {g.op("Unsqueeze", s + "/LowU", {lo, last}), g.op("Unsqueeze", s + "/HighU", {hi, last})},
+                                  {{"axis", -1}});
+    return g.op("Reshape", s + "/Codes", {pair, g.const_i64(s + "/codes_shape", {0, 0, 0, -1})});
+  };
+  std::string q = g.op("Gather", S + "/GatherCodes", {nm.B, ids}, {{"axis", 0}});  // [b, s, kb, blob]
+  if (w.bits == 4) q = unpack4(q, S + "/codes");
+  std::string codes = g.op("Cast", S + "/CodesFloat", {q}, {{"to", f32}});
+  const std::string last = g.const_i64(S + "/last_axis", {-1});
+  std::string zp;
+  if (nm.zp.empty()) {
+    zp = g.const_scalar(S + "/zero_point", io::DType::F32, static_cast<double>(1 << (w.bits - 1)));
+  } else {
+    std::string z = g.op("Gather", S + "/GatherZeroPoints", {nm.zp, ids}, {{"axis", 0}});  // [b, s, zp_row]
+    if (w.bits == 4) {
+      z = g.op("Unsqueeze", S + "/zp/Unsqueeze", {z, last});
+      z = unpack4(z, S + "/zp");  // [b, s, zp_row, 2]
+      z = g.op("Reshape", S + "/zp/Flat", {z, g.const_i64(S + "/zp/flat_shape", {0, 0, -1})});
+      z = g.op("Slice", S + "/zp/Slice",
+               {z, g.const_i64(S + "/zp/start", {0}), g.const_i64(S + "/zp/end", {w.kb()}), last});
+    }
+    zp = g.op("Unsqueeze", S + "/zp/PerBlock", {g.op("Cast", S + "/zp/Float", {z}, {{"to", f32}}), last});
+  }
+  const std::string scale =
+      g.op("Unsqueeze", S + "/scales/PerBlock", {g.op("Gather", S + "/GatherScales", {nm.scales, ids}, {{"axis", 0}}), last});
+  std::string v = g.op("Mul", S + "/Scale", {g.op("Sub", S + "/SubZeroPoint", {codes, zp}), scale});
+  if (!nm.mins.empty()) {
+    const std::string mins =
+        g.op("Unsqueeze", S + "/mins/PerBlock", {g.op("Gather", S + "/GatherMins", {nm.mins, ids}, {{"axis", 0}}), last});
+    v = g.op("Sub", S + "/SubMin", {v, mins});
+  }
+  v = g.op("Reshape", S + "/Rows", {v, g.const_i64(S + "/rows_shape", {0, 0, -1})});
+  if (w.kb() * w.block == w.K) return v;
+  return g.op("Slice", S + "/Trim", {v, g.const_i64(S + "/trim_start", {0}), g.const_i64(S + "/trim_end", {w.K}), last});
+}
+
+}  // namespace
+
 GraphSignature build_embedding_graph(const io::ModelConfig& cfg, io::DType dt, const fs::path& dir,
-                                     const graph::ExternalData::Entry& embed_entry) {
+                                     const EmbeddingTable& table) {
   auto data = std::make_shared<graph::ExternalData>(dir / "embedding.onnx.data");
-  data->alias(kEmbedTokens, embed_entry);
+  table.alias_into(*data);
   GraphBuilder g(dir / "embedding.onnx", "kvrun_embedding", {{"", 17}}, data);
   g.metadata("kvrun.role", "embedding");
   g.input("input_ids", io::DType::I64, {Dim{"batch_size"}, Dim{"sequence_length"}});
-  const std::string table = g.external(kEmbedTokens, dt, {cfg.vocab_size, cfg.hidden_size});
-  g.node("Gather", "/model/embed_tokens/Gather", {table, "input_ids"}, {"inputs_embeds"}, {{"axis", 0}});
+  if (table.quantized()) {
+    if (dt != io::DType::F32) throw Error("a quantized embedding table dequantizes to float32 embeddings");
+    const graph::NBitsNames nm = graph::nbits_initializers(g, kEmbedTokens, *table.nbits);
+    g.node("Identity", "/model/embed_tokens/Output", {gather_nbits_rows(g, "input_ids", *table.nbits, nm)},
+           {"inputs_embeds"});
+  } else {
+    const std::string t = g.external(kEmbedTokens, dt, {cfg.vocab_size, cfg.hidden_size});
+    g.node("Gather", "/model/embed_tokens/Gather", {t, "input_ids"}, {"inputs_embeds"}, {{"axis", 0}});
+  }
   g.output("inputs_embeds", dt, {Dim{"batch_size"}, Dim{"sequence_length"}, Dim{cfg.hidden_size}});
   GraphSignature sig{"embedding", "embedding.onnx", g.input_names(), g.output_names()};
   g.finish();

@@ -8,11 +8,14 @@
 #pragma once
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "graph/builder.h"
+#include "graph/nbits.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 
@@ -28,6 +31,12 @@ struct DecoderBuildOptions {
   // KV cache (past/present) dtype; F16 under F32 weights: target Ort only, with Casts
   // around GroupQueryAttention (which then runs in float16).
   io::DType kv_dtype = io::DType::F32;
+  // Keep a GGUF checkpoint's quantized weights as MatMulNBits (target ort, fp32).
+  bool keep_quantized = false;
+  int accuracy_level = 4;
+  // A tied lm_head over a quantized table gets float weights of its own (int4 builds
+  // quantize it to 4 bits afterwards) instead of reading the 8-bit table.
+  bool tied_head_float = false;
 };
 
 struct GraphSignature {
@@ -44,17 +53,31 @@ KvNames kv_names(Target t);
 // Expands a KvNames pattern ("present.%d.key") for one layer.
 std::string kv_name(const std::string& pattern, int64_t layer);
 
-// Writes the decoder graph(s) into `dir`. `embed_entry` (the embedding table's bytes
-// inside embedding.safetensors) is reused as the lm_head when embeddings are tied.
+// The embedding table as embedding.safetensors holds it: float rows, or MatMulNBits
+// blocks (<name>.qweight, .scales, [.zero_points], [.mins]) for quantized packages.
+// Graphs read its bytes in place.
+struct EmbeddingTable {
+  io::DType dtype = io::DType::F32;         // float tables
+  graph::ExternalData::Entry entry;         // float table bytes
+  std::optional<graph::NBitsWeight> nbits;  // quantized table: layout only (vectors empty)
+  std::map<std::string, graph::ExternalData::Entry> nbits_entries;
+  bool quantized() const { return nbits.has_value(); }
+  // Registers the table's bytes in `d` under their tensor names.
+  void alias_into(graph::ExternalData& d) const;
+};
+
+// Writes the decoder graph(s) into `dir`. The embedding table is reused as the lm_head
+// when embeddings are tied (a quantized table through MatMulNBits, except under
+// `tied_head_float`, where the head gets float weights of its own for the quantize pass).
 // `progress(done, total)` is called as layers are converted.
 std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::TensorStore& store,
                                           const DecoderBuildOptions& opt, const std::filesystem::path& dir,
-                                          const graph::ExternalData::Entry& embed_entry,
+                                          const EmbeddingTable& table,
                                           const std::function<void(int64_t, int64_t)>& progress);
 
 // embedding.onnx: input_ids int64 [batch, seq] -> inputs_embeds, reading the table
 // from embedding.safetensors in place.
 GraphSignature build_embedding_graph(const io::ModelConfig& cfg, io::DType dt, const std::filesystem::path& dir,
-                                     const graph::ExternalData::Entry& embed_entry);
+                                     const EmbeddingTable& table);
 
 }  // namespace kvrun::arch

@@ -192,6 +192,10 @@ std::string GraphBuilder::const_scalar(const std::string& name, io::DType t, dou
     const int64_t v = static_cast<int64_t>(value);
     return tensor(name, t, {}, &v);
   }
+  if (t == io::DType::U8) {
+    const auto v = static_cast<uint8_t>(value);
+    return tensor(name, t, {}, &v);
+  }
   const float f = static_cast<float>(value);
   return tensor(name, io::DType::F32, {}, &f);
 }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <set>
 
+#include "graph/nbits.h"
 #include "io/dtype.h"
 #include "kvrun/error.h"
 #include "text/regex.h"
@@ -61,65 +62,6 @@ struct WeightView {
   int64_t N, K, sn, sk;
   float at(int64_t n, int64_t k) const { return w[n * sn + k * sk]; }
 };
-
-// MatMulNBits blocks: B [N, kb, bs*bits/8] uint8, scales [N*kb], zero points (asymmetric).
-struct Blocks {
-  std::vector<uint8_t> B, zp;
-  std::vector<float> scales;
-  int64_t kb = 0, blob = 0;
-};
-
-Blocks quantize_blocks(const WeightView& v, int bits, int64_t bs, bool sym) {
-  Blocks r;
-  r.kb = (v.K + bs - 1) / bs;
-  r.blob = bs * bits / 8;
-  r.B.assign(static_cast<size_t>(v.N * r.kb * r.blob), 0);
-  r.scales.assign(static_cast<size_t>(v.N * r.kb), 0.f);
-  const int64_t zp_row = bits == 4 ? (r.kb + 1) / 2 : r.kb;
-  if (!sym) r.zp.assign(static_cast<size_t>(v.N * zp_row), 0);
-  const int qmax = (1 << bits) - 1;
-  for (int64_t n = 0; n < v.N; ++n)
-    for (int64_t b = 0; b < r.kb; ++b) {
-      const int64_t k0 = b * bs, k1 = std::min(v.K, k0 + bs);
-      float mn = 0, mx = 0, amax = 0, signed_max = 0;
-      for (int64_t k = k0; k < k1; ++k) {
-        const float x = v.at(n, k);
-        mn = std::min(mn, x), mx = std::max(mx, x);
-        if (std::fabs(x) > amax) amax = std::fabs(x), signed_max = x;
-      }
-      float scale;
-      int zp;
-      if (sym) {
-        // As ONNX Runtime's blockwise quantizer (MLAS) and llama.cpp's Q4_0: the element of largest
-        // magnitude maps to code 0 (-2^(bits-1)), so all 2^bits codes are used and the step is
-        // max|w| / 2^(bits-1), not max|w| / (2^(bits-1) - 1). The scale carries that element's sign
-        // (negative when it is positive); elements of the other sign clamp at +2^(bits-1) - 1.
-        scale = signed_max / -static_cast<float>(1 << (bits - 1));
-        zp = 1 << (bits - 1);
-      } else {
-        scale = (mx - mn) / static_cast<float>(qmax);
-        zp = scale > 0 ? std::clamp(static_cast<int>(std::lround(-mn / scale)), 0, qmax) : 0;
-      }
-      const float inv = scale != 0 ? 1.f / scale : 0.f;
-      r.scales[static_cast<size_t>(n * r.kb + b)] = scale;
-      uint8_t* blob = r.B.data() + (n * r.kb + b) * r.blob;
-      for (int64_t j = 0; j < bs; ++j) {
-        const int64_t k = k0 + j;
-        const int q = k < k1 ? std::clamp(static_cast<int>(std::lround(v.at(n, k) * inv)) + zp, 0, qmax) : zp;
-        if (bits == 8)
-          blob[j] = static_cast<uint8_t>(q);
-        else
-          blob[j / 2] |= static_cast<uint8_t>(j % 2 ? q << 4 : q);
-      }
-      if (!sym) {
-        if (bits == 8)
-          r.zp[static_cast<size_t>(n * zp_row + b)] = static_cast<uint8_t>(zp);
-        else
-          r.zp[static_cast<size_t>(n * zp_row + b / 2)] |= static_cast<uint8_t>(b % 2 ? zp << 4 : zp);
-      }
-    }
-  return r;
-}
 
 // Per-channel int8 over the whole K: q [rows, cols] laid out as asked, scale/zp per n.
 struct PerChannel {
@@ -352,11 +294,11 @@ class Quantizer {
               "quantize: int4 needs the com.microsoft MatMulNBits op, which portable (standard-op) graphs "
               "cannot use; quantize an --target ort package, or use int8 / int8-dynamic");
         const int bits = o_.mode == "int4" ? 4 : 8;
-        Blocks b = quantize_blocks(v, bits, o_.block_size, o_.symmetric);
+        const NBitsWeight b = nbits_quantize(v.w, N, K, v.sn, v.sk, bits, o_.block_size, o_.symmetric);
         const std::string tag = bits == 4 ? "_Q4" : "_Q8";
         const std::string qn = fresh(wname + tag), sn = fresh(wname + tag + "_scales");
-        add_init(owner, make_tensor(qn, onnx::TensorProto::UINT8, {N, b.kb, b.blob}, b.B.data(), b.B.size()));
-        add_init(owner, scale_tensor(sn, b.scales, f16, {N * b.kb}));
+        add_init(owner, make_tensor(qn, onnx::TensorProto::UINT8, {N, b.kb(), b.blob()}, b.B.data(), b.B.size()));
+        add_init(owner, scale_tensor(sn, b.scales, f16, {N * b.kb()}));
         names = {qn, sn};
         if (!o_.symmetric) {
           const std::string zn = fresh(wname + tag + "_zero_points");

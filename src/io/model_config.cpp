@@ -4,6 +4,7 @@
 #include <numbers>
 
 #include "io/fs.h"
+#include "io/gguf_checkpoint.h"
 #include "kvrun/error.h"
 
 namespace kvrun::io {
@@ -243,6 +244,7 @@ json ModelConfig::to_json() const {
 }
 
 ModelConfig load_model_config(const fs::path& path) {
+  if (is_gguf_file(path)) return parse_model_config(GgufCheckpoint(path).hf_config(), path.string());
   const fs::path file = fs::is_directory(path) ? path / "config.json" : path;
   return parse_model_config(read_json_file(file), file.string());
 }
@@ -252,9 +254,10 @@ GenerationConfig load_generation_config(const fs::path& dir, const ModelConfig& 
   g.eos_token_ids = cfg.eos_token_ids;
   g.bos_token_id = cfg.bos_token_id;
   g.pad_token_id = cfg.pad_token_id;
-  const fs::path file = dir / "generation_config.json";
+  const bool gguf = is_gguf_file(dir);
+  const fs::path file = gguf ? dir : dir / "generation_config.json";
   if (!fs::exists(file)) return g;
-  const json j = read_json_file(file);
+  const json j = gguf ? GgufCheckpoint(dir).generation_config() : read_json_file(file);
   const std::string src = file.string();
   if (!j.is_object()) throw Error(src + ": expected a JSON object");
   if (auto ids = get_ids(j, "eos_token_id"); !ids.empty()) g.eos_token_ids = ids;

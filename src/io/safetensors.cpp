@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/fs.h"
+#include "io/gguf_checkpoint.h"
 #include "io/torch_checkpoint.h"
 #include "kvrun/error.h"
 
@@ -30,12 +31,21 @@ void TensorView::row_f32(int64_t r, float* out) const {
   if (r < 0 || r >= shape[0])
     throw Error("token id " + std::to_string(r) + " is outside the vocabulary [0, " + std::to_string(shape[0]) + ")");
   const auto width = static_cast<size_t>(shape[1]);
+  if (quantized()) {
+    const size_t row_bytes = nbytes / static_cast<size_t>(shape[0]);
+    io::dequantize(static_cast<GgmlType>(ggml_type), data + static_cast<size_t>(r) * row_bytes,
+                   static_cast<int64_t>(width), out);
+    return;
+  }
   io::to_f32(dtype, data + static_cast<size_t>(r) * width * dtype_size(dtype), out, width);
 }
 
 std::vector<float> TensorView::to_f32() const {
   std::vector<float> out(static_cast<size_t>(numel()));
-  io::to_f32(dtype, data, out.data(), out.size());
+  if (quantized())
+    io::dequantize(static_cast<GgmlType>(ggml_type), data, numel(), out.data());
+  else
+    io::to_f32(dtype, data, out.data(), out.size());
   return out;
 }
 
@@ -188,11 +198,16 @@ struct TensorStore::Impl {
   fs::path path;
   std::vector<std::unique_ptr<SafetensorsFile>> st_files;
   std::vector<std::unique_ptr<TorchCheckpoint>> torch_files;
+  std::vector<std::unique_ptr<GgufCheckpoint>> gguf_files;
   std::map<std::string, const TensorView*> index;
 
   // Opens one file by its kind; returns its tensors.
   const std::map<std::string, TensorView>& open(const fs::path& file) {
     const std::string ext = file.extension().string();
+    if (ext == ".gguf" || is_gguf_file(file)) {
+      gguf_files.push_back(std::make_unique<GgufCheckpoint>(file));
+      return gguf_files.back()->tensors();
+    }
     if (ext != ".safetensors" &&
         (ext == ".pt" || ext == ".pth" || ext == ".bin" || ext == ".ckpt" || looks_like_zip(file))) {
       torch_files.push_back(std::make_unique<TorchCheckpoint>(file));

@@ -24,8 +24,12 @@ struct TensorView {
   const uint8_t* data = nullptr;  // points into a memory-mapped file
   size_t nbytes = 0;
   std::string file;  // which file it lives in (for error messages)
+  // GGUF tensors of a quantized ggml type: `data` holds ggml blocks (rows of shape.back()
+  // elements) and dtype is F32, the type they dequantize to. -1: plain `dtype` values.
+  int32_t ggml_type = -1;
 
   int64_t numel() const;
+  bool quantized() const { return ggml_type >= 0; }
   // Copies (and converts) the tensor to float32.
   std::vector<float> to_f32() const;
   // Row `r` of a rank-2 tensor (an embedding table) as float32 into `out` (shape[1]

@@ -7,6 +7,7 @@
 #include "arch/decoder.h"
 #include "arch/tensor_names.h"
 #include "io/fs.h"
+#include "io/gguf_checkpoint.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "kvrun/build.h"
@@ -22,7 +23,7 @@ using nlohmann::json;
 graph::QuantizeOptions build::quant_options(const BuildOptions& o) {
   graph::QuantizeOptions q;
   static_cast<QuantSettings&>(q) = o.quant;
-  q.mode = o.precision;
+  q.mode = o.resolved_precision();
   q.standard_ops = o.target == "portable";
   return q;
 }
@@ -32,8 +33,13 @@ void BuildOptions::validate() const {
   if (out.empty()) throw Error("build: an output folder is required (-o)");
   if (target != "ort" && target != "portable")
     throw Error("build: --target must be 'ort' or 'portable', found '" + target + "'");
-  if (precision != "fp32" && precision != "fp16" && precision != "int8" && precision != "int4")
-    throw Error("build: --precision must be fp32, fp16, int8 or int4, found '" + precision + "'");
+  const std::string precision = resolved_precision();
+  if (precision != "fp32" && precision != "fp16" && precision != "int8" && precision != "int4" &&
+      precision != "source")
+    throw Error("build: --precision must be auto, fp32, fp16, int8, int4 or source, found '" + precision + "'");
+  if (precision == "source" && !io::is_gguf_file(checkpoint))
+    throw Error("build: --precision source keeps a GGUF file's quantization; " + checkpoint.string() +
+                " is not a GGUF file");
   if (precision == "int8" || precision == "int4") build::quant_options(*this).validate();
   if (kv_dtype != "auto" && kv_dtype != "fp32" && kv_dtype != "fp16")
     throw Error("build: --kv-dtype must be auto, fp32 or fp16, found '" + kv_dtype + "'");
@@ -49,8 +55,14 @@ void BuildOptions::validate() const {
     throw Error("build: the output folder must differ from the checkpoint folder");
 }
 
+std::string BuildOptions::resolved_precision() const {
+  if (precision != "auto") return precision;
+  return io::is_gguf_file(checkpoint) ? "source" : "fp32";
+}
+
 std::string BuildOptions::resolved_kv_dtype() const {
   if (kv_dtype != "auto") return kv_dtype;
+  const std::string precision = resolved_precision();
   // int4 on ort: the cache is a quarter of a decode step's bytes at 512 positions and its
   // float16 noise is far below int4's. int8 keeps float32: its verify margin (one allowed
   // flip in 68 positions) is too thin to spend on the cache (docs/PERFORMANCE.md).
@@ -73,24 +85,111 @@ const char* kCopiedFiles[] = {"tokenizer.json",
                               "generation_config.json",
                               "config.json"};
 
-json chat_template_of(const fs::path& ckpt) {
-  if (fs::exists(ckpt / "chat_template.jinja")) return io::read_text_file(ckpt / "chat_template.jinja");
-  if (fs::exists(ckpt / "tokenizer_config.json")) {
-    const json tc = io::read_json_file(ckpt / "tokenizer_config.json");
-    if (tc.contains("chat_template")) {
-      const json& t = tc["chat_template"];
-      if (t.is_string()) return t;
-      if (t.is_array())  // [{name, template}], take "default"
-        for (const auto& e : t)
-          if (e.value("name", "") == "default" && e.contains("template")) return e["template"];
-    }
-  }
+// tokenizer_config.json's chat_template (a string, or [{name, template}] with "default").
+json chat_template_of_config(const fs::path& file) {
+  const json tc = io::read_json_file(file);
+  if (!tc.is_object() || !tc.contains("chat_template")) return nullptr;
+  const json& t = tc["chat_template"];
+  if (t.is_string()) return t;
+  if (t.is_array())
+    for (const auto& e : t)
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template")) return e["template"];
   return nullptr;
+}
+
+json chat_template_of(const fs::path& ckpt) {
+  if (!fs::is_directory(ckpt)) return nullptr;
+  if (fs::exists(ckpt / "chat_template.jinja")) return io::read_text_file(ckpt / "chat_template.jinja");
+  if (fs::exists(ckpt / "tokenizer_config.json")) return chat_template_of_config(ckpt / "tokenizer_config.json");
+  return nullptr;
+}
+
+// --chat-template: a tokenizer_config.json (its chat_template) or a template file.
+json read_chat_template(const fs::path& file) {
+  if (file.extension() == ".json") {
+    const json t = chat_template_of_config(file);
+    if (t.is_null()) throw Error(file.string() + ": no 'chat_template' in this file");
+    return t;
+  }
+  return io::read_text_file(file);
+}
+
+// What a GGUF build kept: ggml types of the weights and how they run.
+json source_quantization(const io::TensorStore& store, bool kept, int accuracy_level) {
+  std::map<std::string, int64_t> types;
+  for (const auto& name : store.names()) {
+    const io::TensorView& v = store.get(name);
+    ++types[v.quantized() ? io::ggml_type_name(static_cast<uint32_t>(v.ggml_type)) : io::dtype_name(v.dtype)];
+  }
+  json j = {{"from", "gguf"}, {"tensor_types", types}};
+  if (kept) {
+    j["weights"] = "GGUF blocks mapped exactly onto MatMulNBits (+ block-sum mins for types with mins)";
+    j["accuracy_level"] = accuracy_level;
+  } else {
+    j["weights"] = "dequantized to float32 (portable graphs have no MatMulNBits)";
+  }
+  return j;
 }
 
 }  // namespace
 
 namespace build {
+
+arch::EmbeddingTable write_embedding_table(const fs::path& file, const io::TensorStore& store, io::DType dt,
+                                           const std::string& mode) {
+  const io::TensorView& emb = store.get(arch::kEmbedTokens);
+  if (emb.shape.size() != 2) throw Error(emb.file + ": embedding table '" + emb.name + "' must be rank 2");
+  const int64_t V = emb.shape[0], H = emb.shape[1];
+  const std::string fname = file.filename().string();
+  arch::EmbeddingTable t;
+  t.dtype = dt;
+  std::optional<graph::NBitsWeight> q;
+  if (mode == "source" && emb.quantized() && graph::ggml_has_nbits(static_cast<uint32_t>(emb.ggml_type))) {
+    q = graph::nbits_from_ggml(static_cast<io::GgmlType>(emb.ggml_type), emb.data, V, H);
+  } else if (mode == "int8") {
+    const std::vector<float> f = emb.to_f32();
+    q = graph::nbits_quantize(f.data(), V, H, H, 1, 8, 32, /*symmetric=*/true);
+  }
+  if (!q) {
+    const uint64_t start = io::write_safetensors_streaming(
+        file, {{arch::kEmbedTokens, dt, emb.shape, nullptr}}, {{"format", "kvrun-embedding"}}, 4096,
+        [&](size_t, std::vector<uint8_t>& buf) {
+          const std::vector<float> f = emb.to_f32();
+          if (dt == io::DType::F32) {
+            std::memcpy(buf.data(), f.data(), buf.size());
+          } else {
+            auto* h = reinterpret_cast<uint16_t*>(buf.data());
+            for (size_t i = 0; i < f.size(); ++i) h[i] = io::f32_to_f16(f[i]);
+          }
+        });
+    t.entry = {fname, static_cast<int64_t>(start), V * H * static_cast<int64_t>(io::dtype_size(dt))};
+    return t;
+  }
+  // <name>.qweight [V, kb, blob] u8, .scales [V, kb] f32, [.zero_points], [.mins]
+  const std::string base = arch::kEmbedTokens;
+  std::vector<io::TensorToWrite> tensors = {{base + ".qweight", io::DType::U8, {V, q->kb(), q->blob()}, q->B.data()},
+                                            {base + ".scales", io::DType::F32, {V, q->kb()}, q->scales.data()}};
+  if (!q->zp.empty()) tensors.push_back({base + ".zero_points", io::DType::U8, {V, q->zp_row()}, q->zp.data()});
+  if (!q->mins.empty()) tensors.push_back({base + ".mins", io::DType::F32, {V, q->kb()}, q->mins.data()});
+  const uint64_t start = io::write_safetensors(file, tensors,
+                                               {{"format", "kvrun-embedding"},
+                                                {"quantization", "nbits"},
+                                                {"bits", std::to_string(q->bits)},
+                                                {"block_size", std::to_string(q->block)},
+                                                {"columns", std::to_string(q->K)}},
+                                               4096);
+  int64_t off = static_cast<int64_t>(start);
+  for (const auto& tw : tensors) {
+    int64_t n = static_cast<int64_t>(io::dtype_size(tw.dtype));
+    for (auto d : tw.shape) n *= d;
+    t.nbits_entries[tw.name] = {fname, off, n};
+    off += n;
+  }
+  graph::NBitsWeight layout = std::move(*q);
+  layout.B.clear(), layout.scales.clear(), layout.zp.clear(), layout.mins.clear();
+  t.nbits = std::move(layout);
+  return t;
+}
 
 // The decoder half of a package: embedding table, embedding + decoder graphs, tokenizer
 // and config files (from `files_dir`), kvrun.json, and the int8/int4 decoder graphs.
@@ -112,33 +211,36 @@ json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::Mod
 
   // 1. embedding table (page-aligned so graphs can reference it in place)
   progress("embedding", 0, 1);
-  const io::TensorView& emb = store.get(arch::kEmbedTokens);
-  const uint64_t data_start =
-      io::write_safetensors_streaming(dir / "embedding.safetensors", {{arch::kEmbedTokens, dt, emb.shape, nullptr}},
-                                      {{"format", "kvrun-embedding"}}, 4096, [&](size_t, std::vector<uint8_t>& buf) {
-                                        const std::vector<float> f = emb.to_f32();
-                                        if (dt == io::DType::F32) {
-                                          std::memcpy(buf.data(), f.data(), buf.size());
-                                        } else {
-                                          auto* h = reinterpret_cast<uint16_t*>(buf.data());
-                                          for (size_t i = 0; i < f.size(); ++i) h[i] = io::f32_to_f16(f[i]);
-                                        }
-                                      });
-  const graph::ExternalData::Entry embed_entry{
-      "embedding.safetensors", static_cast<int64_t>(data_start),
-      static_cast<int64_t>(emb.numel() * static_cast<int64_t>(io::dtype_size(dt)))};
+  const bool keep_quantized = opt.precision == "source" && opt.target == "ort";
+  const std::string table_mode = opt.precision == "int8" || opt.precision == "int4" ? "int8"
+                                 : keep_quantized                                   ? "source"
+                                                                                    : "float";
+  const arch::EmbeddingTable table = write_embedding_table(dir / "embedding.safetensors", store, dt, table_mode);
   progress("embedding", 1, 1);
 
   // 2. graphs
-  graphs.push_back(arch::build_embedding_graph(cfg, dt, dir, embed_entry));
+  graphs.push_back(arch::build_embedding_graph(cfg, dt, dir, table));
   const io::DType kv_dt = opt.resolved_kv_dtype() == "fp16" ? io::DType::F16 : io::DType::F32;
   arch::DecoderBuildOptions dopt{target, dt, max_len, opt.all_logits, kv_dt};
-  for (auto& s : arch::build_decoder(cfg, store, dopt, dir, embed_entry,
+  dopt.keep_quantized = keep_quantized;
+  dopt.accuracy_level = opt.quant.accuracy_level;
+  dopt.tied_head_float = opt.precision == "int4";
+  for (auto& s : arch::build_decoder(cfg, store, dopt, dir, table,
                                      [&](int64_t d, int64_t t) { progress("decoder", d, t); }))
     graphs.push_back(std::move(s));
 
-  // 3. tokenizer + config files
+  // 3. tokenizer + config files (a GGUF file: its tokenizer keys in tokenizer.gguf, its
+  // config as transformers would write it)
   std::vector<std::string> copied;
+  json chat_template = chat_template_of(files_dir);
+  if (io::is_gguf_file(files_dir)) {
+    const io::GgufCheckpoint ck(files_dir);
+    io::write_gguf_metadata(dir / "tokenizer.gguf", ck.file(), {"general.architecture", "tokenizer."});
+    io::write_text_file_atomic(dir / "hf_config.json", ck.hf_config().dump(2) + "\n");
+    copied = {"tokenizer.gguf", "hf_config.json"};
+    if (const auto t = ck.file().opt_string("tokenizer.chat_template")) chat_template = *t;
+  }
+  if (!opt.chat_template.empty()) chat_template = read_chat_template(opt.chat_template);
   for (const char* f : kCopiedFiles) {
     const fs::path src = fs::is_directory(files_dir) ? files_dir / f : fs::path();
     if (!src.empty() && fs::exists(src)) {
@@ -157,10 +259,20 @@ json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::Mod
                            opt.all_logits,
                            graphs,
                            copied,
-                           chat_template_of(files_dir),
+                           chat_template,
                            fs::absolute(opt.checkpoint).string()};
   json manifest = build::make_manifest(mi);
+  if (table.quantized()) {
+    manifest["embedding"]["dtype"] = "U8";
+    manifest["embedding"]["quantization"] = table.nbits->describe() + " (MatMulNBits layout)";
+  }
   io::write_text_file_atomic(dir / "kvrun.json", manifest.dump(2) + "\n");
+
+  if (opt.precision == "source") {
+    manifest["precision"] = keep_quantized ? "source" : "fp32";
+    manifest["quantization"] = source_quantization(store, keep_quantized, opt.quant.accuracy_level);
+    io::write_text_file_atomic(dir / "kvrun.json", manifest.dump(2) + "\n");
+  }
 
   // 4b. int8/int4: the fp32 decoder graphs quantized in place (weights mapped, written once)
   if (opt.precision == "int8" || opt.precision == "int4") {
@@ -200,8 +312,10 @@ BuildResult finish_build(io::StagedDir& staged, const BuildOptions& opt, std::ch
 
 }  // namespace build
 
-BuildResult build_package(const BuildOptions& opt) {
-  opt.validate();
+BuildResult build_package(const BuildOptions& options) {
+  options.validate();
+  BuildOptions opt = options;
+  opt.precision = options.resolved_precision();
   if (build::is_funasr_nano_folder(opt.checkpoint)) return build::build_funasr_nano_package(opt);
   const auto t0 = std::chrono::steady_clock::now();
   const io::ModelConfig cfg = io::load_model_config(opt.checkpoint);

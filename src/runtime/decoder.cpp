@@ -94,13 +94,11 @@ Decoder::Decoder(ModelSource src, const SessionConfig& sc) : src_(std::move(src)
     vocab_ = src_.vocab_size.value_or(-1);
 
   if (!src_.embed_table.empty()) {
-    table_store_ = std::make_unique<io::TensorStore>(src_.embed_table);
-    table_ = &table_store_->get(src_.embed_tensor);
-    table_store_->advise_random();  // row lookups: without this, read-ahead maps most of the table
-    if (table_->shape.size() != 2 || (hidden_ > 0 && table_->shape[1] != hidden_))
-      throw Error(src_.embed_table.string() + ": embedding table has shape " + io::shape_str(table_->shape) +
-                  ", expected [vocab, " + std::to_string(hidden_) + "]");
-    hidden_ = table_->shape[1];
+    table_ = std::make_unique<EmbeddingTable>(src_.embed_table, src_.embed_tensor);
+    if (hidden_ > 0 && table_->width() != hidden_)
+      throw Error(src_.embed_table.string() + ": embedding table has rows of " + std::to_string(table_->width()) +
+                  " values, expected " + std::to_string(hidden_));
+    hidden_ = table_->width();
   } else if (!src_.embed_graph.empty() && takes_embeddings()) {
     embed_session_ = std::make_unique<Session>(src_.embed_graph, sc);
     const auto& ei = embed_session_->inputs();

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "io/safetensors.h"
+#include "runtime/embedding_table.h"
 #include "runtime/model_source.h"
 #include "runtime/ort_session.h"
 #include "runtime/signature.h"
@@ -92,8 +93,7 @@ class Decoder {
   ModelSource src_;
   std::unique_ptr<Session> step_, first_, embed_session_;
   DecoderSignature step_sig_, first_sig_;
-  std::unique_ptr<io::TensorStore> table_store_;
-  const io::TensorView* table_ = nullptr;
+  std::unique_ptr<EmbeddingTable> table_;
   bool shared_ = false;
   int64_t hidden_ = -1, vocab_ = -1;
 };

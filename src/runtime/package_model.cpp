@@ -10,11 +10,10 @@ namespace fs = std::filesystem;
 using arch::kv_name;
 
 PackageModel::PackageModel(const fs::path& dir, const SessionConfig& sc) : m_(build::load_manifest(dir)) {
-  embedding_ = std::make_unique<io::TensorStore>(dir / m_.embedding_file);
-  embedding_->advise_random();
-  const io::TensorView& t = embedding_->get(m_.embedding_tensor);
-  if (t.shape != std::vector<int64_t>{m_.vocab_size, m_.hidden_size})
-    throw Error(t.file + ": embedding table has shape " + io::shape_str(t.shape) + ", expected [" +
+  embedding_ = std::make_unique<EmbeddingTable>(dir / m_.embedding_file, m_.embedding_tensor);
+  if (embedding_->rows() != m_.vocab_size || embedding_->width() != m_.hidden_size)
+    throw Error((dir / m_.embedding_file).string() + ": embedding table has shape [" +
+                std::to_string(embedding_->rows()) + ", " + std::to_string(embedding_->width()) + "], expected [" +
                 std::to_string(m_.vocab_size) + ", " + std::to_string(m_.hidden_size) + "]");
   if (m_.target == "ort") {
     decoder_ = std::make_unique<Session>(dir / m_.graph("decoder").file, sc);
@@ -36,10 +35,9 @@ PackageModel::State PackageModel::new_state() const {
 }
 
 std::vector<float> PackageModel::embed(const std::vector<int64_t>& ids) const {
-  const io::TensorView& t = embedding_->get(m_.embedding_tensor);
   const auto H = static_cast<size_t>(m_.hidden_size);
   std::vector<float> out(ids.size() * H);
-  for (size_t i = 0; i < ids.size(); ++i) t.row_f32(ids[i], out.data() + i * H);
+  for (size_t i = 0; i < ids.size(); ++i) embedding_->row_f32(ids[i], out.data() + i * H);
   return out;
 }
 

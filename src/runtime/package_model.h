@@ -9,6 +9,7 @@
 
 #include "package/manifest.h"
 #include "io/safetensors.h"
+#include "runtime/embedding_table.h"
 #include "runtime/ort_session.h"
 
 namespace kvrun::runtime {
@@ -37,7 +38,7 @@ class PackageModel {
 
  private:
   build::Manifest m_;
-  std::unique_ptr<io::TensorStore> embedding_;
+  std::unique_ptr<EmbeddingTable> embedding_;
   std::unique_ptr<Session> decoder_, prefill_, decode_;
 };
 

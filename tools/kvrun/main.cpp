@@ -22,8 +22,9 @@ int main(int argc, char** argv) {
   auto* build = app.add_subcommand("build", "Convert a Hugging Face checkpoint into a kvrun package folder");
   build
       ->add_option("checkpoint", bo.checkpoint,
-                   "Checkpoint folder: config.json + model.safetensors or pytorch_model.bin (or sharded); or a "
-                   "FunASR-nano folder (model.pt + config.yaml + Qwen3-0.6B/)")
+                   "Checkpoint folder: config.json + model.safetensors or pytorch_model.bin (or sharded); a GGUF "
+                   "file (llama, qwen2, qwen3, gemma3; its own tokenizer and chat template); or a FunASR-nano "
+                   "folder (model.pt + config.yaml + Qwen3-0.6B/)")
       ->required();
   build->add_option("-o,--out", bo.out, "Package folder to create (built under a temporary name, renamed at the end)")
       ->required();
@@ -36,8 +37,10 @@ int main(int argc, char** argv) {
   build
       ->add_option("--precision", bo.precision,
                    "fp32/fp16: weights, activations and KV cache dtype (logits stay fp32); int8/int4: fp32 graphs "
-                   "with weight-only quantized MatMuls (see `kvrun quantize`)")
-      ->check(CLI::IsMember({"fp32", "fp16", "int8", "int4"}))
+                   "with weight-only quantized MatMuls (see `kvrun quantize`); source: a GGUF file's own "
+                   "quantization, mapped exactly onto MatMulNBits (target ort); auto: source for GGUF files, "
+                   "else fp32")
+      ->check(CLI::IsMember({"auto", "fp32", "fp16", "int8", "int4", "source"}))
       ->capture_default_str();
   build
       ->add_option("--kv-dtype", bo.kv_dtype,
@@ -54,6 +57,10 @@ int main(int argc, char** argv) {
   build->add_option("--exclude", bo.quant.exclude, "int8/int4: keep nodes/weights matching this regex in fp32");
   build->add_option("--max-length", bo.max_length,
                     "Longest sequence (prompt + generated) the graphs support; default: max_position_embeddings");
+  build->add_option("--chat-template", bo.chat_template,
+                    "Chat template for the package: a tokenizer_config.json (its chat_template) or a .jinja file "
+                    "(default: the checkpoint's own, e.g. a GGUF file's tokenizer.chat_template)")
+      ->check(CLI::ExistingFile);
   build->add_flag("--all-logits", bo.all_logits, "Return logits for every position (default: last position only)");
   build->add_flag("--overwrite", bo.overwrite, "Replace the output folder if it exists");
   build->add_flag(
