@@ -86,12 +86,12 @@ std::string linear_parts(Net& n, const std::string& scope, const std::string& x,
   const std::vector<graph::NBitsWeight> groups = n.dt == io::DType::F32 ? w.nbits(parts) : std::vector<graph::NBitsWeight>{};
   if (groups.empty())
     return linear(n, scope, x, weight_name, in, out, [&] { return w.transposed_concat(parts, in); }, make_bias);
-  const std::string base = weight_name.size() > 7 && weight_name.ends_with(".weight")
-                               ? weight_name.substr(0, weight_name.size() - 7)
-                               : weight_name;
+  std::string base = weight_name;
+  if (base.ends_with(".weight")) base.erase(base.size() - 7);
   std::vector<std::string> ys;
   for (size_t i = 0; i < groups.size(); ++i) {
-    const std::string sfx = groups.size() > 1 ? "_" + std::to_string(i) : "";
+    std::string sfx;
+    if (groups.size() > 1) sfx = std::to_string(i).insert(0, 1, '_');
     const graph::NBitsNames names = graph::nbits_initializers(n.g, base + sfx, groups[i]);
     ys.push_back(graph::nbits_matmul(n.g, scope + sfx, x, groups[i], names, w.accuracy_level));
   }
