@@ -12,11 +12,14 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace kvrun::io {
+
+class MappedFile;
 
 // ggml tensor types (ids as in ggml.h).
 enum class GgmlType : uint32_t {
@@ -71,12 +74,12 @@ struct GgufValue {
     F64 = 12,
   };
   Type type = Type::U8;
-  uint64_t u = 0;  // unsigned integers and bool
-  int64_t i = 0;   // signed integers
-  double f = 0;    // F32/F64
-  std::string s;   // STRING
-  Type elem_type = Type::U8;       // ARRAY
-  std::vector<GgufValue> elems;    // ARRAY
+  uint64_t u = 0;                // unsigned integers and bool
+  int64_t i = 0;                 // signed integers
+  double f = 0;                  // F32/F64
+  std::string s;                 // STRING
+  Type elem_type = Type::U8;     // ARRAY
+  std::vector<GgufValue> elems;  // ARRAY
   bool is_integer() const;
   bool is_float() const;
 };
@@ -85,9 +88,9 @@ std::string gguf_type_name(const GgufValue& v);
 
 struct GgufTensor {
   std::string name;
-  std::vector<int64_t> ne;  // ggml order: ne[0] contiguous
-  uint32_t type = 0;        // GgmlType id
-  uint64_t offset = 0;      // relative to the data section
+  std::vector<int64_t> ne;        // ggml order: ne[0] contiguous
+  uint32_t type = 0;              // GgmlType id
+  uint64_t offset = 0;            // relative to the data section
   const uint8_t* data = nullptr;  // inside the memory map
   uint64_t nbytes = 0;
   int64_t numel() const;
@@ -142,7 +145,12 @@ class GgufFile {
   void row_f32(const GgufTensor& t, int64_t r, float* out) const;
 
  private:
+  void parse();
+  [[noreturn]] void fail(const std::string& what) const;  // throws "<file>: <what>"
+  const GgufValue& get(const std::string& key) const;     // throws "... missing"
+
   std::filesystem::path path_;
+  std::unique_ptr<MappedFile> file_;  // owns the map; map_/map_size_ view it
   void* map_ = nullptr;
   size_t map_size_ = 0;
   uint32_t version_ = 0;
