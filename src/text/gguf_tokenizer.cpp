@@ -26,6 +26,18 @@ using TokenMap = std::unordered_map<std::string, TokenId, StrHash, std::equal_to
 
 constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581 '▁'
 
+// ' ' -> '▁' (llama_escape_whitespace).
+std::string escape_spaces(std::string_view s) {
+  std::string r;
+  r.reserve(s.size() + 8);
+  for (char c : s)
+    if (c == ' ')
+      r += kSpace;
+    else
+      r += c;
+  return r;
+}
+
 [[noreturn]] void fail(const GgufVocab& v, const std::string& msg) { throw Error(v.source + ": " + msg); }
 
 GgufTokenType type_of(const GgufVocab& v, size_t id) {
@@ -54,7 +66,8 @@ void check_vocab(const GgufVocab& v) {
     if (*id && (**id < 0 || static_cast<size_t>(**id) >= v.tokens.size()))
       fail(v, std::string("tokenizer.ggml.") + key + ": id " + std::to_string(**id) + " is out of range (" +
                   std::to_string(v.tokens.size()) + " tokens)");
-  for (size_t i = 0; i < v.tokens.size(); ++i) check_utf8(v.tokens[i], "tokenizer.ggml.tokens[" + std::to_string(i) + "]");
+  for (size_t i = 0; i < v.tokens.size(); ++i)
+    check_utf8(v.tokens[i], "tokenizer.ggml.tokens[" + std::to_string(i) + "]");
 }
 
 std::optional<SpecialToken> special(const GgufVocab& v, const std::optional<TokenId>& id) {
@@ -72,14 +85,25 @@ class SpmTokenizer final : public Tokenizer {
     add_bos_ = v_.add_bos.value_or(true);
     add_eos_ = v_.add_eos.value_or(false);
     add_space_prefix_ = v_.add_space_prefix.value_or(true);
-    if (add_bos_ && !v_.bos) fail(v_, "tokenizer.ggml.add_bos_token is true but tokenizer.ggml.bos_token_id is missing");
-    if (add_eos_ && !v_.eos) fail(v_, "tokenizer.ggml.add_eos_token is true but tokenizer.ggml.eos_token_id is missing");
+    if (add_bos_ && !v_.bos)
+      fail(v_, "tokenizer.ggml.add_bos_token is true but tokenizer.ggml.bos_token_id is missing");
+    if (add_eos_ && !v_.eos)
+      fail(v_, "tokenizer.ggml.add_eos_token is true but tokenizer.ggml.eos_token_id is missing");
     ids_.reserve(n);
     for (size_t i = 0; i < n; ++i) {
       ids_[v_.tokens[i]] = static_cast<TokenId>(i);  // later ids win, as llama.cpp's token_to_id
       const auto t = type_of(v_, i);
       if (t == GgufTokenType::Control || t == GgufTokenType::UserDefined || t == GgufTokenType::Unknown)
         specials_.add(v_.tokens[i], static_cast<int>(i));
+    }
+    // convert_hf_to_gguf.py wrote USER_DEFINED tokens with '▁' as spaces ("▁▁" -> "  "). The
+    // tokenizer.json they came from also matches the '▁' form (typed in the text, or formed by
+    // merges): so does this, for ids identical to Hugging Face `tokenizers`.
+    for (size_t i = 0; i < n; ++i) {
+      if (type_of(v_, i) != GgufTokenType::UserDefined || v_.tokens[i].find(' ') == std::string::npos) continue;
+      const std::string escaped = escape_spaces(v_.tokens[i]);
+      specials_.add(escaped, static_cast<int>(i));
+      ids_.emplace(escaped, static_cast<TokenId>(i));  // an existing token of that text keeps it
     }
     bytes_.fill(-1);
     for (int b = 0; b < 256; ++b) {
@@ -105,11 +129,7 @@ class SpmTokenizer final : public Tokenizer {
       if (start > pos) {
         piece.clear();
         if (add_space_prefix_ && prev_special) piece += kSpace;
-        for (char c : text.substr(pos, start - pos))
-          if (c == ' ')
-            piece += kSpace;
-          else
-            piece += c;
+        piece += escape_spaces(text.substr(pos, start - pos));
         encode_piece(piece, out);
         prev_special = false;
       }
@@ -216,7 +236,8 @@ class SpmTokenizer final : public Tokenizer {
     for (size_t off = 0; off < s.size();) {
       const size_t n = std::min(utf8_len(static_cast<unsigned char>(s[off])), s.size() - off);
       const int idx = static_cast<int>(sym.size());
-      sym.push_back({static_cast<uint32_t>(off), static_cast<uint32_t>(n), idx - 1, off + n == s.size() ? -1 : idx + 1});
+      sym.push_back(
+          {static_cast<uint32_t>(off), static_cast<uint32_t>(n), idx - 1, off + n == s.size() ? -1 : idx + 1});
       off += n;
     }
     auto try_add = [&](int l, int r) {
@@ -288,8 +309,8 @@ std::unique_ptr<Tokenizer> make_gpt2(const GgufVocab& v) {
   if (!pre) {
     std::string known;
     for (const auto& n : gguf_known_pre_tokenizers()) known += (known.empty() ? "" : ", ") + n;
-    fail(v, "tokenizer.ggml.pre: pre-tokenizer '" + v.pre + "' is not supported for gpt2 vocabularies (known: " +
-                known + ")");
+    fail(v, "tokenizer.ggml.pre: pre-tokenizer '" + v.pre +
+                "' is not supported for gpt2 vocabularies (known: " + known + ")");
   }
   json vocab = json::object(), added = json::array();
   for (size_t i = 0; i < v.tokens.size(); ++i) {
@@ -304,12 +325,16 @@ std::unique_ptr<Tokenizer> make_gpt2(const GgufVocab& v) {
                        {"special", t == GgufTokenType::Control}});
     vocab[v.tokens[i]] = i;
   }
-  json model = {{"type", "BPE"},         {"vocab", std::move(vocab)},       {"merges", v.merges},
-                {"byte_fallback", false}, {"ignore_merges", pre->ignore_merges}};
-  json pretok = {{"type", "Sequence"},
-                 {"pretokenizers",
-                  {{{"type", "Split"}, {"pattern", {{"Regex", pre->regex}}}, {"behavior", "Isolated"}, {"invert", false}},
-                   {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+  json model = {{"type", "BPE"},
+                {"vocab", std::move(vocab)},
+                {"merges", v.merges},
+                {"byte_fallback", false},
+                {"ignore_merges", pre->ignore_merges}};
+  json pretok = {
+      {"type", "Sequence"},
+      {"pretokenizers",
+       {{{"type", "Split"}, {"pattern", {{"Regex", pre->regex}}}, {"behavior", "Isolated"}, {"invert", false}},
+        {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
   json single = json::array(), specials = json::object();
   if (v.add_bos.value_or(false)) {
     if (!v.bos) fail(v, "tokenizer.ggml.add_bos_token is true but tokenizer.ggml.bos_token_id is missing");

@@ -33,16 +33,16 @@ namespace kvrun::text {
 enum class GgufTokenType : int32_t { Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6 };
 
 struct GgufVocab {
-  std::string model;                 // tokenizer.ggml.model: "llama" or "gpt2"
-  std::string pre = "default";       // tokenizer.ggml.pre
-  std::vector<std::string> tokens;   // by id
-  std::vector<float> scores;         // empty (all 0) or one per token
-  std::vector<int32_t> token_type;   // empty (all NORMAL) or one per token (GgufTokenType)
-  std::vector<std::string> merges;   // "left right", gpt2 only
+  std::string model;                // tokenizer.ggml.model: "llama" or "gpt2"
+  std::string pre = "default";      // tokenizer.ggml.pre
+  std::vector<std::string> tokens;  // by id
+  std::vector<float> scores;        // empty (all 0) or one per token
+  std::vector<int32_t> token_type;  // empty (all NORMAL) or one per token (GgufTokenType)
+  std::vector<std::string> merges;  // "left right", gpt2 only
   std::optional<TokenId> bos, eos, unk, pad, eot;
   // Absent: llama.cpp's defaults (llama: add_bos true, add_space_prefix true; gpt2: false).
   std::optional<bool> add_bos, add_eos, add_space_prefix;
-  std::string chat_template;  // tokenizer.chat_template, "" when absent
+  std::string chat_template;               // tokenizer.chat_template, "" when absent
   std::string source = "GGUF vocabulary";  // names the vocabulary in messages
 };
 
