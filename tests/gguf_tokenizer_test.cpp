@@ -142,6 +142,12 @@ TEST(GgufTokenizer, Llama3VocabMatchesHf) {
   if (!fs::exists(hf_dir("llama3") / "tokenizer.json")) GTEST_SKIP() << "no " << hf_dir("llama3");
   const auto tok = text::make_gguf_tokenizer(gpt2_vocab_from_hf("llama3", "llama-bpe"));
   check_goldens(*tok, "llama3");
+  // No normalizer: decode(encode(s)) == s, special tokens written out.
+  for (const auto& sj : goldens()["strings"]) {
+    const std::string s = sj;
+    ASSERT_EQ(tok->decode(tok->encode(s)), s) << json(s).dump();
+  }
+  EXPECT_EQ(tok->decode(tok->encode("<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"), true), "user\n\nhi");
 }
 
 // The committed tokenizer-only GGUF: every key read, and ids from the script's own SPM.
@@ -326,6 +332,10 @@ TEST(GgufTokenizer, Errors) {
   v.pre = "gpt-2";
   v.merges = {"nosuchpiece x"};
   expect_error([&] { text::make_gguf_tokenizer(v); }, {"merges[0]", "nosuchpiece"});
+  expect_error([&] { Tokenizer::load(gguf_tok_fixture("bad_lengths.gguf")); },
+               {"bad_lengths.gguf", "tokenizer.ggml.scores", "expected 3", "found 2"});
+  expect_error([&] { Tokenizer::load(gguf_tok_fixture("bad_type.gguf")); },
+               {"bad_type.gguf", "tokenizer.ggml.bos_token_id", "string"});
   // A GGUF without tokenizer keys.
   expect_error([&] { Tokenizer::load(fixture("gguf/v2.gguf")); }, {"v2.gguf", "tokenizer.ggml.model"});
   expect_error([&] { text::read_gguf_vocab(io::GgufFile(fixture("gguf/v2.gguf"))); },

@@ -17,6 +17,8 @@ Writes (deterministic: fixed seeds, no time or environment in the output):
                 Qwen3 / Llama 3 vocabularies converted as convert_hf_to_gguf.py does).
   tiny.gguf     a tokenizer-only GGUF (no tensors) with a few hundred SentencePiece-style
                 ("llama") tokens, add_space_prefix=true, and Gemma 3's chat template.
+  bad_lengths.gguf, bad_type.gguf  malformed tokenizer keys (scores shorter than tokens; a
+                string bos_token_id) for read_gguf_vocab's error messages.
   tiny.json     strings and their ids for tiny.gguf, from the llama.cpp SPM algorithm
                 re-implemented below (spm_encode), independently of kvrun.
 """
@@ -209,6 +211,23 @@ def write_tiny(template):
     print(f"wrote {path}: {os.path.getsize(path)} bytes, {len(vocab)} tokens; tiny.json: {len(cases)} cases")
 
 
+def write_bad():
+    """Two small malformed tokenizer GGUFs for read_gguf_vocab's errors."""
+    import gguf
+    for name, fill in [("bad_lengths.gguf", lambda w: (w.add_token_list(["a", "b", "c"]), w.add_token_scores([0.0, 1.0]))),
+                       ("bad_type.gguf", lambda w: (w.add_token_list(["a", "b", "c"]),
+                                                     w.add_string("tokenizer.ggml.bos_token_id", "a")))]:
+        path = os.path.join(OUT, name)
+        w = gguf.GGUFWriter(path, arch="llama")
+        w.add_tokenizer_model("llama")
+        fill(w)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        print(f"wrote {path}: {os.path.getsize(path)} bytes")
+
+
 def main():
     from tokenizers import Tokenizer
     os.makedirs(OUT, exist_ok=True)
@@ -224,6 +243,7 @@ def main():
     print(f"wrote {path}: {len(strings)} strings, {os.path.getsize(path)} bytes")
     cfg = json.load(open(os.path.join(ROOT, ".deps", "tokenizers", "gemma3", "tokenizer_config.json")))
     write_tiny(cfg["chat_template"])
+    write_bad()
 
 
 if __name__ == "__main__":
