@@ -44,6 +44,9 @@ class ChatTemplate {
   // From a checkpoint or package folder: kvrun.json's chat_template, else chat_template.jinja,
   // else tokenizer_config.json (special tokens from tokenizer_config.json either way); ChatML if none.
   static ChatTemplate from_folder(const std::filesystem::path& dir);
+  // From a GGUF file: its tokenizer.chat_template, with bos_token / eos_token the texts of
+  // tokenizer.ggml.bos_token_id / eos_token_id; ChatML when the file has no template.
+  static ChatTemplate from_gguf(const std::filesystem::path& gguf_file);
   static ChatTemplate chatml();
 
   // messages: a JSON array of message objects ({"role", "content", ...}), as apply_chat_template

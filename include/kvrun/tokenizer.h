@@ -6,7 +6,8 @@
 //
 // Supported: Hugging Face tokenizer.json with a BPE model (byte-level BPE as in
 // Qwen2/3 and Llama 3, SentencePiece-style BPE with byte fallback as in Gemma 3),
-// and SentencePiece *.model files. Every failure on bad input (missing or invalid
+// SentencePiece *.model files, and GGUF files' own vocabularies (llama.cpp's "llama" SPM
+// and "gpt2" byte-level BPE tokenizers). Every failure on bad input (missing or invalid
 // file, unsupported component, invalid UTF-8, unknown id) throws kvrun::Error.
 // All const methods are safe to call from several threads at once.
 #pragma once
@@ -34,8 +35,9 @@ class Tokenizer {
  public:
   // Loads a folder (tokenizer.json [+ tokenizer_config.json], else tokenizer.model or
   // one *.model SentencePiece file; a kvrun package folder qualifies) or a single file
-  // (*.json: tokenizer.json format, other: SentencePiece model). tokenizer_config.json
-  // next to the file, when present, supplies bos/eos/pad tokens.
+  // (*.json: tokenizer.json format; a GGUF file (magic "GGUF"): its own tokenizer.ggml.*
+  // vocabulary, bos/eos/pad from its ids; other: SentencePiece model). tokenizer_config.json
+  // next to a tokenizer.json or SentencePiece file, when present, supplies bos/eos/pad tokens.
   static std::unique_ptr<Tokenizer> load(const std::filesystem::path& path);
   virtual ~Tokenizer();
 

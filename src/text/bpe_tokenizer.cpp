@@ -14,6 +14,7 @@
 #include <unordered_set>
 
 #include "io/fs.h"
+#include "text/literal_trie.h"
 #include "text/regex.h"
 #include "text/tokenizer_impl.h"
 #include "text/utf8.h"
@@ -448,50 +449,7 @@ struct AddedToken {
   bool single_word = false, lstrip = false, rstrip = false, normalized = false, special = false;
 };
 
-// Leftmost-longest literal matcher (as the aho-corasick automaton `tokenizers` uses).
-class Trie {
- public:
-  void add(std::string_view s, int value) {
-    if (s.empty()) return;
-    first_[static_cast<unsigned char>(s[0])] = true;
-    int node = 0;
-    for (unsigned char c : s) {
-      const uint64_t key = (static_cast<uint64_t>(node) << 8) | c;
-      auto it = edges_.find(key);
-      if (it == edges_.end()) {
-        it = edges_.emplace(key, static_cast<int>(values_.size())).first;
-        values_.push_back(-1);
-      }
-      node = it->second;
-    }
-    values_[node] = value;
-  }
-  bool empty() const { return edges_.empty(); }
-  // First match at or after `from`: (start, end, value), or value -1.
-  std::tuple<size_t, size_t, int> find(std::string_view s, size_t from) const {
-    for (size_t i = from; i < s.size(); ++i) {
-      if (!first_[static_cast<unsigned char>(s[i])]) continue;
-      int node = 0, best = -1;
-      size_t best_end = 0;
-      for (size_t k = i; k < s.size(); ++k) {
-        auto it = edges_.find((static_cast<uint64_t>(node) << 8) | static_cast<unsigned char>(s[k]));
-        if (it == edges_.end()) break;
-        node = it->second;
-        if (values_[node] >= 0) {
-          best = values_[node];
-          best_end = k + 1;
-        }
-      }
-      if (best >= 0) return {i, best_end, best};
-    }
-    return {s.size(), s.size(), -1};
-  }
-
- private:
-  std::array<bool, 256> first_{};
-  std::unordered_map<uint64_t, int> edges_;
-  std::vector<int> values_{-1};  // node 0 = root
-};
+using Trie = LiteralTrie;
 
 struct Split {
   size_t a, b;
@@ -726,7 +684,8 @@ void parse_post_processor(const Ctx& ctx, const json& j, std::vector<PostProcess
 
 class HfTokenizer final : public Tokenizer {
  public:
-  HfTokenizer(const fs::path& file, const json& j, const json& config) {
+  HfTokenizer(const fs::path& file, const json& j, const json& config, std::string description)
+      : description_(std::move(description)) {
     const Ctx ctx(file);
     if (!j.is_object()) ctx.fail("top level", "expected a JSON object (Hugging Face tokenizer.json)");
     load_model(ctx, ctx.need(j, "model", "top level"));
@@ -804,11 +763,13 @@ class HfTokenizer final : public Tokenizer {
     return id >= 0 && static_cast<size_t>(id) < id_added_.size() && id_added_[id] >= 0 && added_[id_added_[id]].special;
   }
   std::string description() const override {
+    if (!description_.empty()) return description_;
     return std::string("tokenizer.json BPE") + (byte_level_ ? " (byte-level)" : "") +
            (model_.byte_fallback ? " (byte fallback)" : "");
   }
 
  private:
+  std::string description_;
   BpeModel model_;
   std::vector<Normalizer> normalizers_;
   std::vector<PreTokenizer> pre_tokenizers_;
@@ -943,7 +904,12 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const fs::path& file, const json& c
   } catch (const json::exception& e) {
     throw Error(file.string() + ": expected a Hugging Face tokenizer.json, found invalid JSON (" + e.what() + ")");
   }
-  return std::make_unique<HfTokenizer>(file, j, config);
+  return std::make_unique<HfTokenizer>(file, j, config, "");
+}
+
+std::unique_ptr<Tokenizer> make_hf_tokenizer(const fs::path& source, const json& tokenizer_json, const json& config,
+                                             std::string description) {
+  return std::make_unique<HfTokenizer>(source, tokenizer_json, config, std::move(description));
 }
 
 }  // namespace kvrun::text

@@ -3,6 +3,7 @@
 #include "kvrun/chat_template.h"
 
 #include "io/fs.h"
+#include "io/gguf.h"
 #include "kvrun/error.h"
 #include "text/jinja.h"
 
@@ -66,6 +67,27 @@ ChatTemplate::ChatTemplate(std::string source, std::string bos_token, std::strin
 }
 
 ChatTemplate ChatTemplate::chatml() { return ChatTemplate(kChatML); }
+
+ChatTemplate ChatTemplate::from_gguf(const fs::path& gguf_file) {
+  const io::GgufFile f(gguf_file);
+  const auto source = f.opt_string("tokenizer.chat_template");
+  if (!source) return chatml();
+  std::string bos, eos;
+  if (f.has("tokenizer.ggml.tokens")) {
+    const auto tokens = f.get_string_array("tokenizer.ggml.tokens");
+    auto text = [&](const char* key) {
+      const auto id = f.opt_int(key);
+      if (!id) return std::string();
+      if (*id < 0 || static_cast<uint64_t>(*id) >= tokens.size())
+        throw Error(gguf_file.string() + ": metadata key '" + key + "': id " + std::to_string(*id) +
+                    " is out of range (" + std::to_string(tokens.size()) + " tokens)");
+      return tokens[static_cast<size_t>(*id)];
+    };
+    bos = text("tokenizer.ggml.bos_token_id");
+    eos = text("tokenizer.ggml.eos_token_id");
+  }
+  return ChatTemplate(*source, bos, eos);
+}
 
 ChatTemplate ChatTemplate::from_tokenizer_config(const fs::path& path) {
   const json cfg = io::read_json_file(path);

@@ -61,6 +61,12 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const fs::path& path) {
                   "SentencePiece file), found " + (names.empty() ? std::string("an empty folder") : "[" + found + "]"));
     }
   }
+  char magic[4] = {};
+  {
+    std::ifstream in(file, std::ios::binary);
+    in.read(magic, 4);
+  }
+  if (std::string_view(magic, 4) == "GGUF") return text::load_gguf_tokenizer(file);
   json config;
   const fs::path cfg = file.parent_path() / "tokenizer_config.json";
   if (fs::is_regular_file(cfg)) config = io::read_json_file(cfg);
