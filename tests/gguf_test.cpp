@@ -514,6 +514,11 @@ TEST_F(Gguf, BadTensorInfos) {
     b.tensor("a", {64}, 0, 0).tensor("b", {8}, 0, 32);
     expect_bad(with_data(b, 512), {"tensor 'b'", "tensor 'a'", "overlapping"});
   }
+  {  // the last tensor's size (4096 bytes) disagrees with the data that follows (64)
+    Builder b;
+    b.tensor("w", {8}, 0, 0).tensor("big", {1024}, 0, 32);
+    expect_bad(with_data(b, 64), {"tensor 'big'", "4096 bytes", "expected to end within the file"});
+  }
   {  // a Q4_K row must be whole blocks
     Builder b;
     b.tensor("q", {100, 2}, 12, 0);
