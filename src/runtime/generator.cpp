@@ -132,7 +132,8 @@ class Engine : public Model {
     const ModelSource& s = dec_.source();
     const fs::path dir = s.dir;
     const fs::path tok_dir = s.side_dir.empty() || fs::exists(dir / "tokenizer.json") ? dir : s.side_dir;
-    if (fs::exists(tok_dir / "tokenizer.json") || fs::exists(tok_dir / "tokenizer.model")) {
+    if (fs::exists(tok_dir / "tokenizer.json") || fs::exists(tok_dir / "tokenizer.model") ||
+        fs::exists(tok_dir / "tokenizer.gguf")) {
       try {
         tok_ = Tokenizer::load(tok_dir);
       } catch (const std::exception& e) {
@@ -172,7 +173,7 @@ class Engine : public Model {
     if (tok_) return *tok_;
     if (!tok_error_.empty()) throw Error("the model's tokenizer could not be loaded: " + tok_error_);
     throw Error(dec_.source().dir.string() +
-                ": no tokenizer.json or tokenizer.model next to the model; give token ids instead of text");
+                ": no tokenizer.json, tokenizer.model or tokenizer.gguf next to the model; give token ids instead of text");
   }
 
   Positions resolve(const Prompt& p) const {

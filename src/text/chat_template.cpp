@@ -118,6 +118,10 @@ ChatTemplate ChatTemplate::from_folder(const fs::path& dir) {
     ChatTemplate from_cfg = from_tokenizer_config(dir / "tokenizer_config.json");
     if (!src) return from_cfg;
     tokens = from_cfg.special_tokens_;
+  } else if (fs::exists(dir / "tokenizer.gguf")) {  // a package built from a GGUF file
+    ChatTemplate from_gguf_file = from_gguf(dir / "tokenizer.gguf");
+    if (!src) return from_gguf_file;
+    tokens = from_gguf_file.special_tokens_;
   }
   ChatTemplate t = src ? ChatTemplate(*src) : chatml();
   t.special_tokens_ = tokens;

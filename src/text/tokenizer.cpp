@@ -52,12 +52,14 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const fs::path& path) {
       file = path / "tokenizer.json";
     } else if (fs::is_regular_file(path / "tokenizer.model")) {
       file = path / "tokenizer.model";
+    } else if (fs::is_regular_file(path / "tokenizer.gguf")) {  // a package built from a GGUF file
+      file = path / "tokenizer.gguf";
     } else if (models.size() == 1) {
       file = models[0];
     } else {
       std::string found;
       for (size_t i = 0; i < names.size() && i < 20; ++i) found += (i ? ", " : "") + names[i];
-      throw Error(path.string() + ": no tokenizer found: expected tokenizer.json or tokenizer.model (or one *.model " +
+      throw Error(path.string() + ": no tokenizer found: expected tokenizer.json, tokenizer.model or tokenizer.gguf (or one *.model " +
                   "SentencePiece file), found " + (names.empty() ? std::string("an empty folder") : "[" + found + "]"));
     }
   }

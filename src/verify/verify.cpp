@@ -214,8 +214,14 @@ VerifyReport verify_package(const VerifyOptions& opt) {
   reference::DecoderRef ref(cfg, store);
   const int64_t V = cfg.vocab_size;
   // The gates follow the lowest precision in the package: fp32 weights over a float16 KV
-  // cache are judged as fp16.
-  const std::string gate = m.precision == "fp32" && m.kv_dtype == io::DType::F16 ? "fp16" : m.precision;
+  // cache are judged as fp16. A GGUF file's own weights ("source") are exact, and with
+  // accuracy_level 4 MatMulNBits quantizes activations to int8 per block as llama.cpp
+  // does: judged as int8; with float compute, as fp32.
+  std::string gate = m.precision == "fp32" && m.kv_dtype == io::DType::F16 ? "fp16" : m.precision;
+  if (gate == "source") {
+    const nlohmann::json& q = m.raw.contains("quantization") ? m.raw["quantization"] : nlohmann::json::object();
+    gate = q.value("accuracy_level", 4) == 4 ? "int8" : (m.kv_dtype == io::DType::F16 ? "fp16" : "fp32");
+  }
   const double tol = tolerance_for(gate);
   std::vector<int64_t> prompt = opt.prompt.empty() ? default_prompt(V) : opt.prompt;
   for (auto id : prompt)

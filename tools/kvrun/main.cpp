@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
       bo.progress = progress.fn();
       const kvrun::BuildResult r = kvrun::build_package(bo);
       std::printf("built %s (%s, %s) in %.1fs: %zu files, %.1f MB\n", r.out.c_str(), bo.target.c_str(),
-                  bo.precision.c_str(), r.seconds, r.files.size(), static_cast<double>(r.bytes) / 1e6);
+                  bo.resolved_precision().c_str(), r.seconds, r.files.size(), static_cast<double>(r.bytes) / 1e6);
       return 0;
     }
     if (*synth) {
