@@ -139,6 +139,7 @@ struct DecoderEmitter {
     std::string y;
     const std::vector<graph::NBitsWeight> head = c.tie_word_embeddings ? std::vector<graph::NBitsWeight>{}
                                                                        : w.nbits({kLmHead});
+    const bool table_as_is = !table.quantized() && table.dtype == n.dt;
     if (c.tie_word_embeddings && table.quantized() && !opt.tied_head_float) {
       const graph::NBitsNames nm = graph::nbits_initializers(g, kEmbedTokens, *table.nbits);
       y = graph::nbits_matmul(g, "/lm_head", x2, *table.nbits, nm, opt.accuracy_level);
@@ -147,7 +148,7 @@ struct DecoderEmitter {
       y = graph::nbits_matmul(g, "/lm_head", x2, head[0], nm, opt.accuracy_level);
     } else {
       std::string W;
-      if (c.tie_word_embeddings && !table.quantized())
+      if (c.tie_word_embeddings && table_as_is && !opt.tied_head_float)
         W = g.external(kEmbedTokens, n.dt, {c.vocab_size, c.hidden_size});
       else if (c.tie_word_embeddings)
         W = n.weight(kLmHead, {c.vocab_size, c.hidden_size}, [&] { return w.f32(kEmbedTokens); });
@@ -454,8 +455,13 @@ GraphSignature build_embedding_graph(const io::ModelConfig& cfg, io::DType dt, c
     g.node("Identity", "/model/embed_tokens/Output", {gather_nbits_rows(g, "input_ids", *table.nbits, nm)},
            {"inputs_embeds"});
   } else {
-    const std::string t = g.external(kEmbedTokens, dt, {cfg.vocab_size, cfg.hidden_size});
-    g.node("Gather", "/model/embed_tokens/Gather", {t, "input_ids"}, {"inputs_embeds"}, {{"axis", 0}});
+    const std::string t = g.external(kEmbedTokens, table.dtype, {cfg.vocab_size, cfg.hidden_size});
+    if (table.dtype == dt) {
+      g.node("Gather", "/model/embed_tokens/Gather", {t, "input_ids"}, {"inputs_embeds"}, {{"axis", 0}});
+    } else {
+      const std::string rows = g.op("Gather", "/model/embed_tokens/Gather", {t, "input_ids"}, {{"axis", 0}});
+      g.node("Cast", "/model/embed_tokens/Cast", {rows}, {"inputs_embeds"}, {{"to", graph::onnx_elem_type(dt)}});
+    }
   }
   g.output("inputs_embeds", dt, {Dim{"batch_size"}, Dim{"sequence_length"}, Dim{cfg.hidden_size}});
   GraphSignature sig{"embedding", "embedding.onnx", g.input_names(), g.output_names()};

@@ -34,8 +34,8 @@ struct DecoderBuildOptions {
   // Keep a GGUF checkpoint's quantized weights as MatMulNBits (target ort, fp32).
   bool keep_quantized = false;
   int accuracy_level = 4;
-  // A tied lm_head over a quantized table gets float weights of its own (int4 builds
-  // quantize it to 4 bits afterwards) instead of reading the 8-bit table.
+  // A tied lm_head gets float weights of its own (quantized afterwards with the other
+  // MatMuls) instead of reading the table.
   bool tied_head_float = false;
 };
 
@@ -57,7 +57,7 @@ std::string kv_name(const std::string& pattern, int64_t layer);
 // blocks (<name>.qweight, .scales, [.zero_points], [.mins]) for quantized packages.
 // Graphs read its bytes in place.
 struct EmbeddingTable {
-  io::DType dtype = io::DType::F32;         // float tables
+  io::DType dtype = io::DType::F32;         // float tables: F32, F16 or BF16
   graph::ExternalData::Entry entry;         // float table bytes
   std::optional<graph::NBitsWeight> nbits;  // quantized table: layout only (vectors empty)
   std::map<std::string, graph::ExternalData::Entry> nbits_entries;
@@ -67,8 +67,9 @@ struct EmbeddingTable {
 };
 
 // Writes the decoder graph(s) into `dir`. The embedding table is reused as the lm_head
-// when embeddings are tied (a quantized table through MatMulNBits, except under
-// `tied_head_float`, where the head gets float weights of its own for the quantize pass).
+// when embeddings are tied: a table of the graphs' dtype through Gemm, a quantized one
+// through MatMulNBits; under `tied_head_float` (int8/int4 builds) or a table of another
+// dtype, the head gets float weights of its own (then quantized with the other MatMuls).
 // `progress(done, total)` is called as layers are converted.
 std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::TensorStore& store,
                                           const DecoderBuildOptions& opt, const std::filesystem::path& dir,

@@ -146,9 +146,6 @@ arch::EmbeddingTable write_embedding_table(const fs::path& file, const io::Tenso
   std::optional<graph::NBitsWeight> q;
   if (mode == "source" && emb.quantized() && graph::ggml_has_nbits(static_cast<uint32_t>(emb.ggml_type))) {
     q = graph::nbits_from_ggml(static_cast<io::GgmlType>(emb.ggml_type), emb.data, V, H);
-  } else if (mode == "int8") {
-    const std::vector<float> f = emb.to_f32();
-    q = graph::nbits_quantize(f.data(), V, H, H, 1, 8, 32, /*symmetric=*/true);
   }
   if (!q) {
     const uint64_t start = io::write_safetensors_streaming(
@@ -159,7 +156,8 @@ arch::EmbeddingTable write_embedding_table(const fs::path& file, const io::Tenso
             std::memcpy(buf.data(), f.data(), buf.size());
           } else {
             auto* h = reinterpret_cast<uint16_t*>(buf.data());
-            for (size_t i = 0; i < f.size(); ++i) h[i] = io::f32_to_f16(f[i]);
+            const bool bf = dt == io::DType::BF16;
+            for (size_t i = 0; i < f.size(); ++i) h[i] = bf ? io::f32_to_bf16(f[i]) : io::f32_to_f16(f[i]);
           }
         });
     t.entry = {fname, static_cast<int64_t>(start), V * H * static_cast<int64_t>(io::dtype_size(dt))};
@@ -212,10 +210,14 @@ json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::Mod
   // 1. embedding table (page-aligned so graphs can reference it in place)
   progress("embedding", 0, 1);
   const bool keep_quantized = opt.precision == "source" && opt.target == "ort";
-  const std::string table_mode = opt.precision == "int8" || opt.precision == "int4" ? "int8"
-                                 : keep_quantized                                   ? "source"
-                                                                                    : "float";
-  const arch::EmbeddingTable table = write_embedding_table(dir / "embedding.safetensors", store, dt, table_mode);
+  // int8/int4: the table keeps 16 bits (the checkpoint's bf16, else fp16) for row lookups,
+  // and a tied lm_head gets weights of its own, quantized with the other MatMuls.
+  const bool quant_build = opt.precision == "int8" || opt.precision == "int4";
+  const io::DType table_dt = !quant_build                                          ? dt
+                             : store.get(arch::kEmbedTokens).dtype == io::DType::BF16 ? io::DType::BF16
+                                                                                    : io::DType::F16;
+  const arch::EmbeddingTable table =
+      write_embedding_table(dir / "embedding.safetensors", store, table_dt, keep_quantized ? "source" : "float");
   progress("embedding", 1, 1);
 
   // 2. graphs
@@ -224,7 +226,7 @@ json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::Mod
   arch::DecoderBuildOptions dopt{target, dt, max_len, opt.all_logits, kv_dt};
   dopt.keep_quantized = keep_quantized;
   dopt.accuracy_level = opt.quant.accuracy_level;
-  dopt.tied_head_float = opt.precision == "int4";
+  dopt.tied_head_float = quant_build;
   for (auto& s : arch::build_decoder(cfg, store, dopt, dir, table,
                                      [&](int64_t d, int64_t t) { progress("decoder", d, t); }))
     graphs.push_back(std::move(s));
@@ -262,6 +264,7 @@ json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::Mod
                            chat_template,
                            fs::absolute(opt.checkpoint).string()};
   json manifest = build::make_manifest(mi);
+  manifest["embedding"]["dtype"] = io::dtype_to_safetensors(table.dtype);
   if (table.quantized()) {
     manifest["embedding"]["dtype"] = "U8";
     manifest["embedding"]["quantization"] = table.nbits->describe() + " (MatMulNBits layout)";

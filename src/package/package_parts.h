@@ -26,9 +26,9 @@ nlohmann::json build_llm_parts(const std::filesystem::path& dir, const BuildOpti
                                const io::GenerationConfig& gen, const io::TensorStore& store,
                                const std::filesystem::path& files_dir, std::vector<arch::GraphSignature>& graphs);
 
-// Writes embedding.safetensors and says where its bytes are. `mode`: "float" (dtype `dt`),
-// "int8" (8-bit rows, block 32, symmetric: int8/int4 packages), "source" (a GGUF table
-// kept in its own quantization when it has an exact MatMulNBits form, else float).
+// Writes embedding.safetensors and says where its bytes are. `mode`: "float" (rows of
+// dtype `dt`: F32, F16 or BF16), "source" (a GGUF table kept in its own quantization
+// when it has an exact MatMulNBits form, else float).
 arch::EmbeddingTable write_embedding_table(const std::filesystem::path& file, const io::TensorStore& store,
                                            io::DType dt, const std::string& mode);
 
