@@ -111,6 +111,18 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, RuntimePackage,
                            return s;
                          });
 
+// Gemma 3 (sliding window 8): generation, batches and chunked prefill past the window, both
+// targets (ort: the shared buffer with GroupQueryAttention's local window; portable: the
+// chain with the local mask).
+INSTANTIATE_TEST_SUITE_P(Gemma3, RuntimePackage,
+                         ::testing::Combine(::testing::Values("gemma3-tiny"), ::testing::Values("ort", "portable")),
+                         [](const auto& info) {
+                           std::string s = std::get<0>(info.param) + "_" + std::get<1>(info.param);
+                           for (auto& c : s)
+                             if (c == '-') c = '_';
+                           return s;
+                         });
+
 // ---- third-party layouts (tests/fixtures/layouts, made by tools/make_layout_fixtures.py)
 
 class RuntimeLayout : public ::testing::TestWithParam<std::string> {};

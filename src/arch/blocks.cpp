@@ -10,6 +10,13 @@ std::vector<float> WeightReader::f32(const std::string& name) const {
   return store_.get(name).to_f32();
 }
 
+std::vector<float> WeightReader::norm(const std::string& name) const {
+  std::vector<float> w = f32(name);
+  if (norm_offset_ != 0.0)
+    for (auto& v : w) v = static_cast<float>(norm_offset_) + v;  // fp32, as transformers' (1.0 + w.float())
+  return w;
+}
+
 std::vector<float> WeightReader::transposed_concat(const std::vector<std::string>& names, int64_t in) const {
   std::vector<std::vector<float>> parts;
   int64_t total_out = 0;
@@ -143,6 +150,22 @@ std::vector<std::string> split_last(Net& n, const std::string& scope, const std:
   return n.g.node("Split", scope + "/Split", {x, s}, outs, {{"axis", -1}});
 }
 
+std::string gelu_tanh(Net& n, const std::string& scope, const std::string& x) {
+  auto& g = n.g;
+  if (n.contrib_ops) return g.op("FastGelu", scope + "/FastGelu", {x}, {}, "com.microsoft");
+  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  const std::string x3 = g.op("Mul", scope + "/Cube", {g.op("Mul", scope + "/Square", {x, x}), x});
+  const std::string inner =
+      g.op("Add", scope + "/Inner",
+           {x, g.op("Mul", scope + "/MulCoef", {x3, g.const_scalar(scope + "/coef", n.dt, 0.044715)})});
+  const std::string t = g.op("Tanh", scope + "/Tanh",
+                             {g.op("Mul", scope + "/MulSqrt2Pi",
+                                   {inner, g.const_scalar(scope + "/sqrt_2_over_pi", n.dt, 0.7978845608028654)})});
+  const std::string one_plus = g.op("Add", scope + "/OnePlus", {t, g.const_scalar(scope + "/one", n.dt, 1.0)});
+  return g.op("Mul", scope + "/Mul",
+              {g.op("Mul", scope + "/Half", {x, g.const_scalar(scope + "/half", n.dt, 0.5)}), one_plus});
+}
+
 std::string mlp(Net& n, const std::string& scope, const std::string& x, const WeightReader& w,
                 const io::ModelConfig& cfg, int64_t layer) {
   const LayerTensorNames nm = layer_tensor_names(cfg, layer);
@@ -156,9 +179,14 @@ std::string mlp(Net& n, const std::string& scope, const std::string& x, const We
   const std::string gu =
       linear_parts(n, scope + "/gate_up_proj", x, pre + "gate_up_proj.weight", {nm.gate, nm.up}, H, 2 * F, w, gu_bias);
   const auto parts = split_last(n, scope + "/gate_up_proj", gu, {F, F});
-  const std::string sig = n.g.op("Sigmoid", scope + "/act/Sigmoid", {parts[0]});
-  const std::string silu = n.g.op("Mul", scope + "/act/Mul", {parts[0], sig});
-  const std::string prod = n.g.op("Mul", scope + "/Mul", {silu, parts[1]});
+  std::string act;
+  if (cfg.hidden_act == io::Activation::GeluTanh) {
+    act = gelu_tanh(n, scope + "/act", parts[0]);
+  } else {
+    const std::string sig = n.g.op("Sigmoid", scope + "/act/Sigmoid", {parts[0]});
+    act = n.g.op("Mul", scope + "/act/Mul", {parts[0], sig});
+  }
+  const std::string prod = n.g.op("Mul", scope + "/Mul", {act, parts[1]});
   return linear_parts(n, scope + "/down_proj", prod, pre + "down_proj.weight", {nm.down}, F, H, w, down_bias);
 }
 

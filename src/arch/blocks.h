@@ -16,8 +16,12 @@ namespace kvrun::arch {
 // Reads checkpoint tensors as float32 and lays them out the way the graphs want.
 class WeightReader {
  public:
-  explicit WeightReader(const io::TensorStore& store) : store_(store) {}
+  // `norm_offset`: added to every norm weight read by norm() (ModelConfig::norm_weight_offset).
+  explicit WeightReader(const io::TensorStore& store, double norm_offset = 0.0)
+      : store_(store), norm_offset_(norm_offset) {}
   std::vector<float> f32(const std::string& name) const;  // {} for an empty name
+  // An RMSNorm weight as the graphs multiply by it: offset + w in float32.
+  std::vector<float> norm(const std::string& name) const;
   // HF linear weights are [out, in]; MatMul wants [in, out]. Concatenates several
   // along `out` (fused QKV, gate+up): result [in, sum(out_i)].
   std::vector<float> transposed_concat(const std::vector<std::string>& names, int64_t in) const;
@@ -35,6 +39,7 @@ class WeightReader {
 
  private:
   const io::TensorStore& store_;
+  double norm_offset_ = 0.0;
 };
 
 // Produces a weight's float32 values on demand (only called when the bytes are not
@@ -44,7 +49,8 @@ using Lazy = std::function<std::vector<float>()>;
 // The graph under construction plus its compute dtype.
 struct Net {
   graph::GraphBuilder& g;
-  io::DType dt;  // F32 or F16: weights, activations, KV cache
+  io::DType dt;              // F32 or F16: weights, activations, KV cache
+  bool contrib_ops = false;  // com.microsoft operators allowed (target ort)
   // A weight initializer of dtype `dt`, converted at most once per data file.
   std::string weight(const std::string& name, const std::vector<int64_t>& shape, const Lazy& make);
 };
@@ -71,7 +77,11 @@ std::pair<std::string, std::string> skip_rms_norm(Net& n, const std::string& sco
                                                   const std::string& residual, const std::string& gamma_name,
                                                   int64_t dim, const Lazy& gamma, double eps, bool fused);
 
-// SwiGLU MLP with fused gate+up projection: down(silu(gate(x)) * up(x)).
+// Tanh-approximated GELU: com.microsoft FastGelu when n.contrib_ops, else standard ops.
+std::string gelu_tanh(Net& n, const std::string& scope, const std::string& x);
+
+// Gated MLP with fused gate+up projection: down(act(gate(x)) * up(x)), act = silu
+// (SwiGLU) or tanh-GELU (com.microsoft FastGelu when n.contrib_ops, else standard ops).
 std::string mlp(Net& n, const std::string& scope, const std::string& x, const WeightReader& w,
                 const io::ModelConfig& cfg, int64_t layer);
 

@@ -28,6 +28,14 @@ namespace {
 
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 
+// GroupQueryAttention's local_window_size for a sliding window of `window` keys (the
+// query's own position included, transformers' convention: key p0 is visible to query p1
+// iff p1 - p0 < window). ONNX Runtime 1.30's CPU kernel lets a query see exactly
+// local_window_size keys, itself included (older kernels saw local_window_size + 1), so the
+// attribute is the window itself; window - 1 misses the goldens by ~7 logits once a
+// sequence passes the window (tests: Gemma3/Golden_.*, Gemma3Runtime.*).
+int64_t gqa_local_window(int64_t window) { return window; }
+
 std::string layer_scope(int64_t l) { return "/model/layers." + std::to_string(l); }
 
 // Shared state for emitting one decoder graph.
@@ -37,9 +45,10 @@ struct DecoderEmitter {
   const DecoderBuildOptions& opt;
   const EmbeddingTable& table;
   Net n;
-  std::vector<float> cos_tab, sin_tab;
+  const std::vector<float>&cos_tab, &sin_tab;      // global layers (every layer without local ones)
+  const std::vector<float>&cos_local, &sin_local;  // local (sliding-window) layers
 
-  std::string rope_table(const char* name, const std::vector<float>& tab, io::DType t) {
+  std::string rope_table(const std::string& name, const std::vector<float>& tab, io::DType t) {
     const int64_t half = c.head_dim / 2;
     const std::vector<int64_t> shape = {static_cast<int64_t>(tab.size()) / half, half};
     return t == n.dt ? n.weight(name, shape, [&] { return tab; }) : n.g.weight(name, t, shape, tab.data());
@@ -68,7 +77,7 @@ struct DecoderEmitter {
   std::string input_norm(int64_t l, const std::string& x) {
     const LayerTensorNames nm = layer_tensor_names(c, l);
     return rms_norm(
-        n, layer_scope(l) + "/input_layernorm", x, nm.input_norm, c.hidden_size, [&] { return w.f32(nm.input_norm); },
+        n, layer_scope(l) + "/input_layernorm", x, nm.input_norm, c.hidden_size, [&] { return w.norm(nm.input_norm); },
         c.rms_norm_eps);
   }
 
@@ -90,7 +99,7 @@ struct DecoderEmitter {
     const std::string& gamma = is_q ? nm.q_norm : nm.k_norm;
     std::string h = n.g.op("Reshape", scope + "/Reshape", {x, heads_shape});
     h = rms_norm(
-        n, scope, h, gamma, c.head_dim, [&] { return w.f32(gamma); }, c.rms_norm_eps);
+        n, scope, h, gamma, c.head_dim, [&] { return w.norm(gamma); }, c.rms_norm_eps);
     return flat_shape.empty() ? h : n.g.op("Reshape", scope + "/Flatten", {h, flat_shape});
   }
 
@@ -107,18 +116,26 @@ struct DecoderEmitter {
   std::pair<std::string, std::string> finish_layer(int64_t l, const std::string& attn_out, const std::string& residual,
                                                    bool fused) {
     const LayerTensorNames nm = layer_tensor_names(c, l);
+    // Sandwich norms (Gemma): the attention and MLP outputs are normed before their residual adds.
+    auto out_norm = [&](const std::string& x, const std::string& gamma, const char* name) {
+      return rms_norm(
+          n, layer_scope(l) + name, x, gamma, c.hidden_size, [&] { return w.norm(gamma); }, c.rms_norm_eps);
+    };
+    const std::string a =
+        nm.attn_out_norm.empty() ? attn_out : out_norm(attn_out, nm.attn_out_norm, "/post_attention_layernorm");
     auto [xn, res] = skip_rms_norm(
-        n, layer_scope(l) + "/post_attention_layernorm", attn_out, residual, nm.post_norm, c.hidden_size,
-        [&] { return w.f32(nm.post_norm); }, c.rms_norm_eps, fused);
-    const std::string m = mlp(n, layer_scope(l) + "/mlp", xn, w, c, l);
+        n, layer_scope(l) + (c.sandwich_norms ? "/pre_feedforward_layernorm" : "/post_attention_layernorm"), a,
+        residual, nm.post_norm, c.hidden_size, [&] { return w.norm(nm.post_norm); }, c.rms_norm_eps, fused);
+    std::string m = mlp(n, layer_scope(l) + "/mlp", xn, w, c, l);
+    if (!nm.mlp_out_norm.empty()) m = out_norm(m, nm.mlp_out_norm, "/post_feedforward_layernorm");
     if (l + 1 < c.num_layers) {
       const LayerTensorNames next = layer_tensor_names(c, l + 1);
       return skip_rms_norm(
           n, layer_scope(l + 1) + "/input_layernorm", m, res, next.input_norm, c.hidden_size,
-          [&] { return w.f32(next.input_norm); }, c.rms_norm_eps, fused);
+          [&] { return w.norm(next.input_norm); }, c.rms_norm_eps, fused);
     }
     return skip_rms_norm(
-        n, "/model/norm", m, res, kFinalNorm, c.hidden_size, [&] { return w.f32(kFinalNorm); }, c.rms_norm_eps, fused);
+        n, "/model/norm", m, res, kFinalNorm, c.hidden_size, [&] { return w.norm(kFinalNorm); }, c.rms_norm_eps, fused);
   }
 
   // Final hidden [b, s, H] -> logits [b, 1 or s, V] (float32), via Gemm(transB) so a tied
@@ -156,11 +173,19 @@ struct DecoderEmitter {
         W = n.weight(kLmHead, {c.vocab_size, c.hidden_size}, [&] { return w.f32(kLmHead); });
       y = g.op("Gemm", "/lm_head/Gemm", {x2, W}, {{"transB", 1}});
     }
+    // final logit soft-capping (float32): logits = tanh(y / c) * c
+    const bool cap = c.final_logit_softcap > 0;
+    const std::string out = cap ? "/lm_head/Uncapped" : "logits";
     if (n.dt != io::DType::F32) {
       y = g.op("Reshape", "/lm_head/Reshape", {y, out_shape});
-      g.node("Cast", "/lm_head/Cast", {y}, {"logits"}, {{"to", graph::onnx_elem_type(io::DType::F32)}});
+      g.node("Cast", "/lm_head/Cast", {y}, {out}, {{"to", graph::onnx_elem_type(io::DType::F32)}});
     } else {
-      g.node("Reshape", "/lm_head/Reshape", {y, out_shape}, {"logits"});
+      g.node("Reshape", "/lm_head/Reshape", {y, out_shape}, {out});
+    }
+    if (cap) {
+      const std::string cv = g.const_scalar("/lm_head/softcap", io::DType::F32, c.final_logit_softcap);
+      const std::string t = g.op("Tanh", "/lm_head/SoftcapTanh", {g.op("Div", "/lm_head/SoftcapDiv", {out, cv})});
+      g.node("Mul", "/lm_head/SoftcapMul", {t, cv}, {"logits"});
     }
     g.output("logits", io::DType::F32,
              {Dim{"batch_size"}, opt.all_logits ? Dim{"sequence_length"} : Dim{int64_t{1}}, Dim{c.vocab_size}});
@@ -188,12 +213,24 @@ struct DecoderEmitter {
     // weights, q/k/v go in through Casts and the output comes back through one.
     const io::DType kv_t = opt.kv_dtype;
     const bool cast_kv = kv_t != n.dt;
-    const std::string cos = rope_table("model.rotary.cos_cache", cos_tab, kv_t);
-    const std::string sin = rope_table("model.rotary.sin_cache", sin_tab, kv_t);
+    // cos/sin caches by layer type (local layers: their own base, no scaling)
+    std::string cos, sin, cos_l, sin_l;
+    if (c.has_global_layers()) {
+      cos = rope_table("model.rotary.cos_cache", cos_tab, kv_t);
+      sin = rope_table("model.rotary.sin_cache", sin_tab, kv_t);
+    }
+    if (c.has_local_layers()) {
+      cos_l = rope_table("model.rotary_local.cos_cache", cos_local, kv_t);
+      sin_l = rope_table("model.rotary_local.sin_cache", sin_local, kv_t);
+    }
     auto to_kv = [&](const std::string& x, const std::string& name) {
       return x.empty() || !cast_kv ? x : g.op("Cast", name, {x}, {{"to", graph::onnx_elem_type(kv_t)}});
     };
-    std::string q_heads, k_heads, q_flat, k_flat;
+    std::string q_heads, k_heads, q_flat, k_flat, q_flat_const;
+    auto q_flat_shape = [&] {
+      if (q_flat_const.empty()) q_flat_const = g.const_i64("/model/const/attn_out_shape", {0, 0, c.q_dim()});
+      return q_flat_const;
+    };
     if (c.qk_norm) {
       q_heads = g.const_i64("/model/const/q_heads_shape", {0, 0, c.num_heads, c.head_dim});
       k_heads = g.const_i64("/model/const/k_heads_shape", {0, 0, c.num_kv_heads, c.head_dim});
@@ -213,14 +250,23 @@ struct DecoderEmitter {
         in = {qkv, "", ""};  // packed QKV
       }
       for (size_t i = 0; i < 3; ++i) in[i] = to_kv(in[i], scope + "/CastKv_" + "qkv"[i]);
-      in.insert(in.end(), {kv_name(kv.past_key, l), kv_name(kv.past_value, l), seqlens, total, cos, sin});
+      const bool local = c.is_local(l);
+      in.insert(in.end(), {kv_name(kv.past_key, l), kv_name(kv.past_value, l), seqlens, total, local ? cos_l : cos,
+                           local ? sin_l : sin});
       const std::string gqa = scope + "/GroupQueryAttention";
-      const auto outs = g.node(
-          "GroupQueryAttention", gqa, in, {gqa + "/output_0", kv_name(kv.present_key, l), kv_name(kv.present_value, l)},
-          {{"num_heads", c.num_heads}, {"kv_num_heads", c.num_kv_heads}, {"do_rotary", 1}, {"rotary_interleaved", 0}},
-          "com.microsoft");
-      const std::string attn =
+      std::vector<graph::Attr> attrs = {
+          {"num_heads", c.num_heads}, {"kv_num_heads", c.num_kv_heads}, {"do_rotary", 1}, {"rotary_interleaved", 0}};
+      if (c.query_pre_attn_scalar > 0) attrs.push_back({"scale", c.attention_scale()});
+      if (local) attrs.push_back({"local_window_size", gqa_local_window(c.sliding_window)});
+      const auto outs =
+          g.node("GroupQueryAttention", gqa, in,
+                 {gqa + "/output_0", kv_name(kv.present_key, l), kv_name(kv.present_value, l)}, attrs, "com.microsoft");
+      std::string attn =
           cast_kv ? g.op("Cast", scope + "/CastBack", {outs[0]}, {{"to", graph::onnx_elem_type(n.dt)}}) : outs[0];
+      // With local_window_size set, ONNX Runtime 1.30's shape inference gives GroupQueryAttention's
+      // output a last dimension o_proj's MatMul rejects at load time (layers after the first);
+      // a Reshape to [b, s, heads * head_dim] restates the true shape.
+      if (local) attn = g.op("Reshape", scope + "/OutputShape", {attn, q_flat_shape()});
       const std::string o = o_proj(l, attn);
       std::tie(x, residual) = finish_layer(l, o, residual, /*fused=*/true);
       if (progress) progress(l + 1);
@@ -252,12 +298,26 @@ struct DecoderEmitter {
     const std::string pos = g.op("Slice", P + "/PositionIds",
                                  {pm, neg_seq, g.const_i64(P + "/end", {kInt64Max}), g.const_i64(P + "/axes1", {1})});
     const std::string unsq1 = g.const_i64(P + "/unsq1", {1});
-    const std::string cos = g.op(
-        "Unsqueeze", "/model/rotary/Cos",
-        {g.op("Gather", "/model/rotary/GatherCos", {rope_table("model.rotary.cos_cache", cos_tab, n.dt), pos}), unsq1});
-    const std::string sin = g.op(
-        "Unsqueeze", "/model/rotary/Sin",
-        {g.op("Gather", "/model/rotary/GatherSin", {rope_table("model.rotary.sin_cache", sin_tab, n.dt), pos}), unsq1});
+    // cos/sin [b, 1, s, D/2] by layer type (local layers: their own base, no scaling)
+    auto rotary = [&](const std::string& scope, const std::string& table, const std::vector<float>& tab) {
+      return g.op("Unsqueeze", scope, {g.op("Gather", scope + "/Gather", {rope_table(table, tab, n.dt), pos}), unsq1});
+    };
+    std::string cos_g, sin_g, cos_l, sin_l;
+    if (c.has_global_layers()) {
+      cos_g =
+          g.op("Unsqueeze", "/model/rotary/Cos",
+               {g.op("Gather", "/model/rotary/GatherCos", {rope_table("model.rotary.cos_cache", cos_tab, n.dt), pos}),
+                unsq1});
+      sin_g =
+          g.op("Unsqueeze", "/model/rotary/Sin",
+               {g.op("Gather", "/model/rotary/GatherSin", {rope_table("model.rotary.sin_cache", sin_tab, n.dt), pos}),
+                unsq1});
+    }
+    if (c.has_local_layers()) {
+      cos_l = rotary("/model/rotary_local/Cos", "model.rotary_local.cos_cache", cos_local);
+      sin_l = rotary("/model/rotary_local/Sin", "model.rotary_local.sin_cache", sin_local);
+    }
+    std::string cos, sin;  // the current layer's
     // additive mask [b, 1, 1, s, T] (fp32): key j visible to query i iff j <= past + i and mask[j] == 1
     const std::string M = "/model/mask";
     const std::string jr = g.op("Range", M + "/KeyRange", {zero, tot, one});
@@ -270,9 +330,21 @@ struct DecoderEmitter {
              {g.op("Cast", M + "/PadBool", {"attention_mask"}, {{"to", graph::onnx_elem_type(io::DType::BOOL)}}),
               g.const_i64(M + "/ax123", {1, 2, 3})});
     const std::string allowed = g.op("And", M + "/Allowed", {causal, padb});
-    const std::string mask = g.op("Where", M + "/Bias",
-                                  {allowed, g.const_scalar(M + "/zero", io::DType::F32, 0.0),
-                                   g.const_scalar(M + "/min", io::DType::F32, std::numeric_limits<float>::lowest())});
+    const std::string mzero = g.const_scalar(M + "/zero", io::DType::F32, 0.0);
+    const std::string mmin = g.const_scalar(M + "/min", io::DType::F32, std::numeric_limits<float>::lowest());
+    std::string mask_g, mask_l;
+    if (c.has_global_layers()) mask_g = g.op("Where", M + "/Bias", {allowed, mzero, mmin});
+    if (c.has_local_layers()) {
+      // local layers also need i - j < sliding_window (HF: key j > query i - window)
+      const std::string L = "/model/local_mask";
+      const std::string dist = g.op("Sub", L + "/Distance",
+                                    {g.op("Unsqueeze", L + "/QueryCol", {ir, unsq1}),
+                                     g.op("Unsqueeze", L + "/KeyRow", {jr, g.const_i64(L + "/ax0", {0})})});
+      const std::string near =
+          g.op("Less", L + "/InWindow", {dist, g.const_scalar(L + "/window", io::DType::I64, c.sliding_window)});
+      mask_l = g.op("Where", L + "/Bias", {g.op("And", L + "/Allowed", {allowed, near}), mzero, mmin});
+    }
+    std::string mask;  // the current layer's
     const int64_t G = c.num_heads / c.num_kv_heads, half = c.head_dim / 2;
     const std::string C = "/model/const";
     const std::string q_heads = g.const_i64(C + "/q_heads", {0, 0, c.num_heads, c.head_dim});
@@ -282,7 +354,7 @@ struct DecoderEmitter {
     const std::string flat = g.const_i64(C + "/flat", {0, 0, c.q_dim()});
     const std::string ax2 = g.const_i64(C + "/ax2", {2});
     const std::string halves = g.const_i64(C + "/halves", {half, half});
-    const std::string scale = g.const_scalar(C + "/scale", n.dt, 1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+    const std::string scale = g.const_scalar(C + "/scale", n.dt, c.attention_scale());
     auto bnsh = [&](const std::string& s, const std::string& x) {
       return g.op("Transpose", s + "/Transpose", {x}, {{"perm", std::vector<int64_t>{0, 2, 1, 3}}});
     };
@@ -299,6 +371,8 @@ struct DecoderEmitter {
     std::string x = input_norm(0, embeds);
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const std::string s = layer_scope(l) + "/attn";
+      const bool local = c.is_local(l);
+      cos = local ? cos_l : cos_g, sin = local ? sin_l : sin_g, mask = local ? mask_l : mask_g;
       const auto parts = split_last(n, s + "/qkv_proj", qkv_proj(l, x), {c.q_dim(), c.kv_dim(), c.kv_dim()});
       std::string q = c.qk_norm ? head_norm(l, parts[0], true, q_heads, "")
                                 : g.op("Reshape", s + "/q/Reshape", {parts[0], q_heads});
@@ -348,11 +422,12 @@ std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::
   if (opt.kv_dtype != opt.dtype && (opt.target != Target::Ort || opt.kv_dtype != io::DType::F16))
     throw Error("a KV cache dtype other than the weights' is float16 under float32 weights, target ort only");
   const int64_t max_len = opt.max_length > 0 ? opt.max_length : cfg.max_position_embeddings;
-  WeightReader w(store);
+  WeightReader w(store, cfg.norm_weight_offset);
   w.keep_quantized = opt.keep_quantized;
   w.accuracy_level = opt.accuracy_level;
-  std::vector<float> cos_tab, sin_tab;
-  cfg.rope_tables(max_len, cos_tab, sin_tab);
+  std::vector<float> cos_tab, sin_tab, cos_local, sin_local;
+  if (cfg.has_global_layers()) cfg.rope_tables(max_len, cos_tab, sin_tab);
+  if (cfg.has_local_layers()) cfg.rope_tables(max_len, cos_local, sin_local, /*local=*/true);
   auto data = std::make_shared<graph::ExternalData>(dir / "decoder.onnx.data");
   table.alias_into(*data);
   std::vector<GraphSignature> sigs;
@@ -362,7 +437,8 @@ std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::
     GraphBuilder g(dir / file, "kvrun_" + role, std::move(opsets), data);
     g.metadata("kvrun.role", role);
     g.metadata("kvrun.architecture", cfg.architecture);
-    DecoderEmitter e{cfg, w, opt, table, Net{g, opt.dtype}, cos_tab, sin_tab, {}};
+    DecoderEmitter e{cfg,     w,       opt,       table,     Net{g, opt.dtype, opt.target == Target::Ort},
+                     cos_tab, sin_tab, cos_local, sin_local, {}};
     e.progress = [&](int64_t l) {
       if (progress) progress(pass * cfg.num_layers + l, passes * cfg.num_layers);
     };
@@ -449,20 +525,27 @@ GraphSignature build_embedding_graph(const io::ModelConfig& cfg, io::DType dt, c
   GraphBuilder g(dir / "embedding.onnx", "kvrun_embedding", {{"", 17}}, data);
   g.metadata("kvrun.role", "embedding");
   g.input("input_ids", io::DType::I64, {Dim{"batch_size"}, Dim{"sequence_length"}});
+  const std::string S = "/model/embed_tokens";
+  std::string rows;  // float rows of the table's dtype (float32 for a quantized table)
+  io::DType rows_dt = table.dtype;
   if (table.quantized()) {
-    if (dt != io::DType::F32) throw Error("a quantized embedding table dequantizes to float32 embeddings");
     const graph::NBitsNames nm = graph::nbits_initializers(g, kEmbedTokens, *table.nbits);
-    g.node("Identity", "/model/embed_tokens/Output", {gather_nbits_rows(g, "input_ids", *table.nbits, nm)},
-           {"inputs_embeds"});
+    rows = gather_nbits_rows(g, "input_ids", *table.nbits, nm);
+    rows_dt = io::DType::F32;
   } else {
     const std::string t = g.external(kEmbedTokens, table.dtype, {cfg.vocab_size, cfg.hidden_size});
-    if (table.dtype == dt) {
-      g.node("Gather", "/model/embed_tokens/Gather", {t, "input_ids"}, {"inputs_embeds"}, {{"axis", 0}});
-    } else {
-      const std::string rows = g.op("Gather", "/model/embed_tokens/Gather", {t, "input_ids"}, {{"axis", 0}});
-      g.node("Cast", "/model/embed_tokens/Cast", {rows}, {"inputs_embeds"}, {{"to", graph::onnx_elem_type(dt)}});
-    }
+    rows = g.op("Gather", S + "/Gather", {t, "input_ids"}, {{"axis", 0}});
   }
+  if (cfg.embedding_scale != 1.0) {  // rows times the scale in float32, as the runtime's table lookup does
+    if (rows_dt != io::DType::F32)
+      rows = g.op("Cast", S + "/CastUp", {rows}, {{"to", graph::onnx_elem_type(io::DType::F32)}});
+    rows = g.op("Mul", S + "/Scale", {rows, g.const_scalar(S + "/scale", io::DType::F32, cfg.embedding_scale)});
+    rows_dt = io::DType::F32;
+  }
+  if (rows_dt != dt)
+    g.node("Cast", S + "/Cast", {rows}, {"inputs_embeds"}, {{"to", graph::onnx_elem_type(dt)}});
+  else
+    g.node("Identity", S + "/Output", {rows}, {"inputs_embeds"});
   g.output("inputs_embeds", dt, {Dim{"batch_size"}, Dim{"sequence_length"}, Dim{cfg.hidden_size}});
   GraphSignature sig{"embedding", "embedding.onnx", g.input_names(), g.output_names()};
   g.finish();

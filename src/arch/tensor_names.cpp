@@ -22,7 +22,13 @@ LayerTensorNames layer_tensor_names(const io::ModelConfig& cfg, int64_t layer) {
     n.q_norm = p + "self_attn.q_norm.weight";
     n.k_norm = p + "self_attn.k_norm.weight";
   }
-  n.post_norm = p + "post_attention_layernorm.weight";
+  if (cfg.sandwich_norms) {
+    n.attn_out_norm = p + "post_attention_layernorm.weight";
+    n.post_norm = p + "pre_feedforward_layernorm.weight";
+    n.mlp_out_norm = p + "post_feedforward_layernorm.weight";
+  } else {
+    n.post_norm = p + "post_attention_layernorm.weight";
+  }
   n.gate = p + "mlp.gate_proj.weight";
   n.up = p + "mlp.up_proj.weight";
   n.down = p + "mlp.down_proj.weight";
@@ -37,11 +43,13 @@ LayerTensorNames layer_tensor_names(const io::ModelConfig& cfg, int64_t layer) {
 std::vector<TensorSpec> expected_tensors(const io::ModelConfig& c) {
   using I = TensorSpec::Init;
   const int64_t H = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), F = c.intermediate_size;
+  // Norm weights start as the identity: w = 1, or w = 0 where the norm multiplies by (1 + w).
+  const I norm = c.norm_weight_offset == 1.0 ? I::Zeros : I::Ones;
   std::vector<TensorSpec> out;
   out.push_back({kEmbedTokens, {c.vocab_size, H}, I::Normal});
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerTensorNames n = layer_tensor_names(c, l);
-    out.push_back({n.input_norm, {H}, I::Ones});
+    out.push_back({n.input_norm, {H}, norm});
     out.push_back({n.q, {Q, H}, I::Normal});
     out.push_back({n.k, {KV, H}, I::Normal});
     out.push_back({n.v, {KV, H}, I::Normal});
@@ -53,10 +61,12 @@ std::vector<TensorSpec> expected_tensors(const io::ModelConfig& c) {
     out.push_back({n.o, {H, Q}, I::Normal});
     if (!n.o_bias.empty()) out.push_back({n.o_bias, {H}, I::Zeros});
     if (!n.q_norm.empty()) {
-      out.push_back({n.q_norm, {c.head_dim}, I::Ones});
-      out.push_back({n.k_norm, {c.head_dim}, I::Ones});
+      out.push_back({n.q_norm, {c.head_dim}, norm});
+      out.push_back({n.k_norm, {c.head_dim}, norm});
     }
-    out.push_back({n.post_norm, {H}, I::Ones});
+    if (!n.attn_out_norm.empty()) out.push_back({n.attn_out_norm, {H}, norm});
+    out.push_back({n.post_norm, {H}, norm});
+    if (!n.mlp_out_norm.empty()) out.push_back({n.mlp_out_norm, {H}, norm});
     out.push_back({n.gate, {F, H}, I::Normal});
     out.push_back({n.up, {F, H}, I::Normal});
     out.push_back({n.down, {H, F}, I::Normal});
@@ -66,7 +76,7 @@ std::vector<TensorSpec> expected_tensors(const io::ModelConfig& c) {
       out.push_back({n.down_bias, {H}, I::Zeros});
     }
   }
-  out.push_back({kFinalNorm, {H}, I::Ones});
+  out.push_back({kFinalNorm, {H}, norm});
   if (!c.tie_word_embeddings) out.push_back({kLmHead, {c.vocab_size, H}, I::Normal});
   return out;
 }

@@ -1,5 +1,6 @@
 #include "io/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -19,6 +20,8 @@ const char* family_name(Family f) {
       return "qwen2";
     case Family::Qwen3:
       return "qwen3";
+    case Family::Gemma3:
+      return "gemma3";
   }
   return "?";
 }
@@ -62,6 +65,61 @@ std::vector<int64_t> get_ids(const json& j, const std::string& key) {
   return out;
 }
 
+// Gemma 3 specifics (transformers' Gemma3TextConfig / Gemma3ForCausalLM).
+void parse_gemma3(const json& j, const std::string& src, const json* local_rope, ModelConfig& c) {
+  c.sandwich_norms = true;
+  c.norm_weight_offset = 1.0;  // Gemma3RMSNorm: x * (1 + w)
+  c.embedding_scale = static_cast<double>(static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size))));
+  c.query_pre_attn_scalar = get_num(j, "query_pre_attn_scalar", src, 256.0);
+  if (!(c.query_pre_attn_scalar > 0))
+    throw Error(src + ": query_pre_attn_scalar must be > 0, found " + j["query_pre_attn_scalar"].dump());
+  if (j.contains("attn_logit_softcapping") && !j["attn_logit_softcapping"].is_null())
+    throw Error(src + ": attn_logit_softcapping " + j["attn_logit_softcapping"].dump() +
+                " is not supported (Gemma 3 has none; expected null)");
+  c.final_logit_softcap = get_num(j, "final_logit_softcapping", src, 0.0);
+  if (c.final_logit_softcap < 0)
+    throw Error(src + ": final_logit_softcapping must be > 0 or null, found " + j["final_logit_softcapping"].dump());
+  if (get_bool(j, "use_bidirectional_attention", src, false))
+    throw Error(src + ": use_bidirectional_attention=true (an embedding model) is not supported (expected false)");
+  // Layer types: layer_types when given, else every sliding_window_pattern-th layer is global.
+  c.local_layers.assign(static_cast<size_t>(std::max<int64_t>(c.num_layers, 0)), false);
+  if (j.contains("layer_types") && !j["layer_types"].is_null()) {
+    const json& lt = j["layer_types"];
+    if (!lt.is_array() || static_cast<int64_t>(lt.size()) != c.num_layers)
+      throw Error(src + ": layer_types must list num_hidden_layers (" + std::to_string(c.num_layers) +
+                  ") entries, found " + lt.dump());
+    for (size_t i = 0; i < lt.size(); ++i) {
+      if (lt[i] == "sliding_attention")
+        c.local_layers[i] = true;
+      else if (lt[i] != "full_attention")
+        throw Error(src + ": layer_types[" + std::to_string(i) + "] is " + lt[i].dump() +
+                    " (expected \"sliding_attention\" or \"full_attention\")");
+    }
+  } else {
+    const char* key = j.contains("sliding_window_pattern") ? "sliding_window_pattern" : "_sliding_window_pattern";
+    const int64_t pattern = get_int(j, key, src, int64_t{6});
+    if (pattern <= 0) throw Error(src + ": " + key + " must be >= 1, found " + std::to_string(pattern));
+    for (int64_t i = 0; i < c.num_layers; ++i) c.local_layers[static_cast<size_t>(i)] = (i + 1) % pattern != 0;
+  }
+  if (c.has_local_layers()) {
+    c.sliding_window = get_int(j, "sliding_window", src);
+    if (c.sliding_window <= 0)
+      throw Error(src + ": sliding_window must be >= 1, found " + std::to_string(c.sliding_window));
+  } else {
+    c.local_layers.clear();
+  }
+  c.rope_local_theta = get_num(j, "rope_local_base_freq", src, 10000.0);
+  if (local_rope) {
+    if (!local_rope->is_object()) throw Error(src + ": rope_parameters.sliding_attention must be an object");
+    const std::string type = local_rope->value("rope_type", std::string("default"));
+    if (type != "default")
+      throw Error(src + ": rope_parameters.sliding_attention rope_type '" + type +
+                  "' is not supported (local layers: expected 'default')");
+    c.rope_local_theta = get_num(*local_rope, "rope_theta", src + " rope_parameters.sliding_attention", 10000.0);
+  }
+  if (!(c.rope_local_theta > 0)) throw Error(src + ": rope_local_base_freq must be > 0");
+}
+
 }  // namespace
 
 ModelConfig parse_model_config(const json& j, const std::string& src) {
@@ -77,10 +135,13 @@ ModelConfig parse_model_config(const json& j, const std::string& src) {
     c.family = Family::Qwen2;
   } else if (c.architecture == "Qwen3ForCausalLM") {
     c.family = Family::Qwen3;
+  } else if (c.architecture == "Gemma3ForCausalLM") {
+    c.family = Family::Gemma3;
   } else {
     throw Error(src + ": unsupported architecture '" + c.architecture +
-                "' (supported: Qwen3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM)");
+                "' (supported: Qwen3ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM, Gemma3ForCausalLM)");
   }
+  const bool gemma = c.family == Family::Gemma3;
   c.hidden_size = get_int(j, "hidden_size", src);
   c.intermediate_size = get_int(j, "intermediate_size", src);
   c.num_layers = get_int(j, "num_hidden_layers", src);
@@ -90,12 +151,19 @@ ModelConfig parse_model_config(const json& j, const std::string& src) {
   c.vocab_size = get_int(j, "vocab_size", src);
   c.max_position_embeddings = get_int(j, "max_position_embeddings", src, 2048);
   c.rms_norm_eps = get_num(j, "rms_norm_eps", src, 1e-6);
-  c.rope_theta = get_num(j, "rope_theta", src, 10000.0);
-  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, false);
-  if (j.contains("hidden_act") && !j["hidden_act"].is_string())
-    throw Error(src + ": field 'hidden_act' must be a string, found " + j["hidden_act"].dump());
-  const std::string act = j.value("hidden_act", std::string("silu"));
-  if (act != "silu") throw Error(src + ": hidden_act '" + act + "' is not supported (expected 'silu')");
+  c.rope_theta = get_num(j, "rope_theta", src, gemma ? 1e6 : 10000.0);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, gemma);
+  // Gemma names the MLP activation hidden_activation (hidden_act, when present, is not used).
+  const char* act_key = gemma ? "hidden_activation" : "hidden_act";
+  if (j.contains(act_key) && !j[act_key].is_null() && !j[act_key].is_string())
+    throw Error(src + ": field '" + act_key + "' must be a string, found " + j[act_key].dump());
+  const std::string act = j.contains(act_key) && j[act_key].is_string() ? j[act_key].get<std::string>()
+                          : gemma                                       ? "gelu_pytorch_tanh"
+                                                                        : "silu";
+  const std::string want_act = gemma ? "gelu_pytorch_tanh" : "silu";
+  if (act != want_act)
+    throw Error(src + ": " + act_key + " '" + act + "' is not supported (expected '" + want_act + "')");
+  c.hidden_act = gemma ? Activation::GeluTanh : Activation::Silu;
   const bool attention_bias = get_bool(j, "attention_bias", src, false);
   switch (c.family) {
     case Family::Qwen2:
@@ -109,22 +177,37 @@ ModelConfig parse_model_config(const json& j, const std::string& src) {
       c.qkv_bias = c.o_bias = attention_bias;
       c.mlp_bias = get_bool(j, "mlp_bias", src, false);
       break;
+    case Family::Gemma3:
+      c.qk_norm = true;
+      c.qkv_bias = c.o_bias = attention_bias;
+      break;
   }
   if (c.family != Family::Llama && get_bool(j, "use_sliding_window", src, false))
     throw Error(src + ": use_sliding_window=true is not supported (expected false)");
-  // transformers >= 5 nests rope settings in "rope_parameters" {rope_theta, rope_type, ...};
-  // 4.x checkpoints use top-level rope_theta + rope_scaling. Both are read.
+  // transformers >= 5 nests rope settings in "rope_parameters" {rope_theta, rope_type, ...}
+  // (for Gemma 3 one such object per layer type); 4.x checkpoints use top-level rope_theta
+  // + rope_scaling (Gemma 3: + rope_local_base_freq). Both are read.
   const json* rope = nullptr;
+  const json* local_rope = nullptr;
   if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
-    rope = &j["rope_parameters"];
-    c.rope_theta = get_num(*rope, "rope_theta", src + " rope_parameters", c.rope_theta);
+    const json& rp = j["rope_parameters"];
+    if (gemma && (rp.contains("full_attention") || rp.contains("sliding_attention"))) {
+      if (rp.contains("full_attention") && !rp["full_attention"].is_null()) rope = &rp["full_attention"];
+      if (rp.contains("sliding_attention") && !rp["sliding_attention"].is_null()) local_rope = &rp["sliding_attention"];
+    } else {
+      rope = &rp;
+    }
+    if (rope) c.rope_theta = get_num(*rope, "rope_theta", src + " rope_parameters", c.rope_theta);
   } else if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
     rope = &j["rope_scaling"];
   }
-  if (j.contains("layer_types") && j["layer_types"].is_array())
+  if (gemma) {
+    parse_gemma3(j, src, local_rope, c);
+  } else if (j.contains("layer_types") && j["layer_types"].is_array()) {
     for (const auto& t : j["layer_types"])
       if (t != "full_attention")
         throw Error(src + ": layer_types contains " + t.dump() + "; only full_attention layers are supported");
+  }
   if (rope) {
     const json& r = *rope;
     if (!r.is_object()) throw Error(src + ": rope_scaling must be an object or null");
@@ -174,15 +257,36 @@ void ModelConfig::validate() const {
   if (!(rms_norm_eps > 0)) throw Error("rms_norm_eps must be > 0");
   if (!(rope_theta > 0)) throw Error("rope_theta must be > 0");
   if (!(rope_scaling.factor > 0)) throw Error("rope_scaling.factor must be > 0");
+  if (!local_layers.empty() && static_cast<int64_t>(local_layers.size()) != num_layers)
+    throw Error("layer_types has " + std::to_string(local_layers.size()) + " entries for " +
+                std::to_string(num_layers) + " layers");
+  if (has_local_layers() && sliding_window <= 0)
+    throw Error("sliding_window must be >= 1 for sliding_attention layers");
+  if (!(embedding_scale > 0)) throw Error("the embedding scale must be > 0");
 }
 
-std::vector<float> ModelConfig::inv_freq() const {
+bool ModelConfig::has_local_layers() const {
+  return std::find(local_layers.begin(), local_layers.end(), true) != local_layers.end();
+}
+
+bool ModelConfig::has_global_layers() const {
+  return std::find(local_layers.begin(), local_layers.end(), true) == local_layers.end() ||
+         std::find(local_layers.begin(), local_layers.end(), false) != local_layers.end();
+}
+
+double ModelConfig::attention_scale() const {
+  return 1.0 / std::sqrt(query_pre_attn_scalar > 0 ? query_pre_attn_scalar : static_cast<double>(head_dim));
+}
+
+std::vector<float> ModelConfig::inv_freq(bool local) const {
   const int64_t half = head_dim / 2;
+  const double theta = local ? rope_local_theta : rope_theta;
   std::vector<float> f(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
     const float expo = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    f[i] = 1.0f / static_cast<float>(std::pow(static_cast<float>(rope_theta), static_cast<double>(expo)));
+    f[i] = 1.0f / static_cast<float>(std::pow(static_cast<float>(theta), static_cast<double>(expo)));
   }
+  if (local) return f;  // local layers (Gemma 3) rotate unscaled
   if (rope_scaling.type == "linear") {
     for (auto& v : f) v = static_cast<float>(v / rope_scaling.factor);
   } else if (rope_scaling.type == "llama3") {
@@ -203,8 +307,8 @@ std::vector<float> ModelConfig::inv_freq() const {
   return f;
 }
 
-void ModelConfig::rope_tables(int64_t positions, std::vector<float>& cos, std::vector<float>& sin) const {
-  const std::vector<float> f = inv_freq();
+void ModelConfig::rope_tables(int64_t positions, std::vector<float>& cos, std::vector<float>& sin, bool local) const {
+  const std::vector<float> f = inv_freq(local);
   const size_t half = f.size();
   cos.resize(static_cast<size_t>(positions) * half);
   sin.resize(cos.size());
@@ -240,6 +344,19 @@ json ModelConfig::to_json() const {
             {"o_bias", o_bias},
             {"mlp_bias", mlp_bias},
             {"qk_norm", qk_norm}};
+  if (family == Family::Gemma3) {
+    j["hidden_act"] = hidden_act == Activation::GeluTanh ? "gelu_pytorch_tanh" : "silu";
+    j["sandwich_norms"] = sandwich_norms;
+    j["norm_weight_offset"] = norm_weight_offset;
+    j["embedding_scale"] = embedding_scale;
+    j["query_pre_attn_scalar"] = query_pre_attn_scalar;
+    j["sliding_window"] = sliding_window;
+    json types = json::array();
+    for (int64_t l = 0; l < num_layers; ++l) types.push_back(is_local(l) ? "sliding_attention" : "full_attention");
+    j["layer_types"] = types;
+    j["rope_local_theta"] = rope_local_theta;
+    j["final_logit_softcapping"] = final_logit_softcap > 0 ? json(final_logit_softcap) : json(nullptr);
+  }
   return j;
 }
 

@@ -9,8 +9,12 @@
 
 namespace kvrun::io {
 
-enum class Family { Llama, Qwen2, Qwen3 };
+enum class Family { Llama, Qwen2, Qwen3, Gemma3 };
 const char* family_name(Family f);
+
+// The MLP's gate activation: silu (SwiGLU) or tanh-approximated GELU (Gemma's
+// gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))).
+enum class Activation { Silu, GeluTanh };
 
 struct RopeScaling {
   std::string type = "default";  // default | linear | llama3
@@ -39,6 +43,26 @@ struct ModelConfig {
   bool o_bias = false;    // Llama/Qwen3 attention_bias
   bool mlp_bias = false;  // Llama mlp_bias
   bool qk_norm = false;   // Qwen3 per-head RMSNorm on q and k
+  Activation hidden_act = Activation::Silu;
+  // Gemma 3 ("sandwich" norms): the attention and MLP outputs are normed before their
+  // residual adds (post_attention_layernorm, post_feedforward_layernorm) and the MLP
+  // input by pre_feedforward_layernorm.
+  bool sandwich_norms = false;
+  // RMSNorm multiplies by (norm_weight_offset + w): 1 for Hugging Face Gemma folders,
+  // whose norm weights are stored minus one; 0 elsewhere (and for sources that store the
+  // folded weights). Applied where norm weights are read (graphs, reference).
+  double norm_weight_offset = 0.0;
+  // Embedding rows are multiplied by this in fp32 on lookup (Gemma: sqrt(hidden_size)).
+  // inputs_embeds (the decoder graphs' input) are the scaled rows, as in transformers.
+  double embedding_scale = 1.0;
+  // Attention scale = query_pre_attn_scalar^-0.5; 0 means head_dim (the usual scale).
+  double query_pre_attn_scalar = 0;
+  // Local (sliding-window) layers: key p0 is visible to query p1 iff p1 - p0 < sliding_window.
+  int64_t sliding_window = 0;
+  std::vector<bool> local_layers;     // per layer, true = local; empty when every layer is global
+  double rope_local_theta = 10000.0;  // local layers' rotary base (no rope scaling); rope_theta
+                                      // and rope_scaling are the global layers'
+  double final_logit_softcap = 0;     // > 0: logits = tanh(logits / c) * c
   std::optional<int64_t> bos_token_id, pad_token_id;
   std::vector<int64_t> eos_token_ids;
   std::string torch_dtype = "float32";
@@ -47,11 +71,16 @@ struct ModelConfig {
   void validate() const;
   int64_t q_dim() const { return num_heads * head_dim; }
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
+  bool is_local(int64_t layer) const { return !local_layers.empty() && local_layers[static_cast<size_t>(layer)]; }
+  bool has_local_layers() const;
+  bool has_global_layers() const;
+  double attention_scale() const;  // the softmax scale of q.k
   // Inverse rotary frequencies (head_dim/2 of them) with rope scaling applied, rounded
   // to float32 as transformers computes them (angles are then float(pos) * inv_freq[i]).
-  std::vector<float> inv_freq() const;
+  // `local`: the local layers' frequencies (rope_local_theta, unscaled).
+  std::vector<float> inv_freq(bool local = false) const;
   // cos/sin tables [positions, head_dim/2] for positions 0..positions-1.
-  void rope_tables(int64_t positions, std::vector<float>& cos, std::vector<float>& sin) const;
+  void rope_tables(int64_t positions, std::vector<float>& cos, std::vector<float>& sin, bool local = false) const;
   nlohmann::json to_json() const;
 };
 

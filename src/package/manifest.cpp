@@ -17,6 +17,12 @@ json make_manifest(const ManifestInputs& in) {
   special["bos_token_id"] = in.gen.bos_token_id ? json(*in.gen.bos_token_id) : json(nullptr);
   special["pad_token_id"] = in.gen.pad_token_id ? json(*in.gen.pad_token_id) : json(nullptr);
   const bool ort = in.target == arch::Target::Ort;
+  json embedding = {{"file", "embedding.safetensors"},
+                    {"tensor", arch::kEmbedTokens},
+                    {"dtype", io::dtype_to_safetensors(in.dtype)},
+                    {"graph", "embedding.onnx"}};
+  // inputs_embeds are the table's rows times this (float32), as transformers' scaled embedding
+  if (c.embedding_scale != 1.0) embedding["scale"] = c.embedding_scale;
   return {
       {"format", "kvrun-package"},
       {"version", kManifestVersion},
@@ -25,11 +31,7 @@ json make_manifest(const ManifestInputs& in) {
       {"precision", in.dtype == io::DType::F16 ? "fp16" : "fp32"},
       {"model", c.to_json()},
       {"max_length", in.max_length},
-      {"embedding",
-       {{"file", "embedding.safetensors"},
-        {"tensor", arch::kEmbedTokens},
-        {"dtype", io::dtype_to_safetensors(in.dtype)},
-        {"graph", "embedding.onnx"}}},
+      {"embedding", embedding},
       {"graphs", graphs},
       {"inputs_embeds", {{"name", "inputs_embeds"}, {"dtype", io::dtype_to_safetensors(in.dtype)}}},
       // GroupQueryAttention reads per-row lengths (right padding); the portable graphs
@@ -112,6 +114,11 @@ Manifest load_manifest(const fs::path& dir) {
   const json& emb = field(m.raw, "embedding", src);
   m.embedding_file = str_field(emb, "file", src);
   m.embedding_tensor = str_field(emb, "tensor", src);
+  if (emb.contains("scale")) {
+    if (!emb["scale"].is_number() || !(emb["scale"].get<double>() > 0))
+      throw Error(src + ": field 'embedding.scale' must be a positive number, found " + emb["scale"].dump());
+    m.embedding_scale = emb["scale"].get<double>();
+  }
   for (const auto& [role, g] : field(m.raw, "graphs", src).items()) {
     arch::GraphSignature s;
     s.role = role;

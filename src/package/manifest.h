@@ -42,6 +42,7 @@ struct Manifest {
   int64_t hidden_size = 0, vocab_size = 0, num_layers = 0, num_kv_heads = 0, head_dim = 0, max_length = 0;
   bool last_position_only = true;
   std::string embedding_file, embedding_tensor;
+  double embedding_scale = 1.0;  // embedding.scale: rows are multiplied by it in fp32 (Gemma: sqrt(hidden))
   std::map<std::string, arch::GraphSignature> graphs;  // by role
   arch::KvNames kv;
   std::vector<int64_t> eos_token_ids;

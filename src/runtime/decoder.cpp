@@ -256,6 +256,8 @@ std::vector<float> Decoder::embed(const std::vector<TokenId>& ids) const {
   std::vector<float> out(ids.size() * H);
   if (table_) {
     for (size_t i = 0; i < ids.size(); ++i) table_->row_f32(ids[i], out.data() + i * H);
+    if (src_.embed_scale != 1.0f)
+      for (auto& v : out) v *= src_.embed_scale;
     return out;
   }
   if (!embed_session_)

@@ -77,6 +77,7 @@ ModelSource from_kvrun_package(const fs::path& dir) {
   }
   m.embed_table = dir / man.embedding_file;
   m.embed_tensor = man.embedding_tensor;
+  m.embed_scale = static_cast<float>(man.embedding_scale);
   m.max_length = man.max_length;
   m.max_length_from = "kvrun.json max_length";
   m.num_layers = man.num_layers, m.kv_heads = man.num_kv_heads, m.head_dim = man.head_dim;

@@ -21,6 +21,7 @@ struct ModelSource {
   std::filesystem::path embed_graph;  // optional: input_ids -> inputs_embeds graph
   std::filesystem::path embed_table;  // optional: safetensors holding the embedding table
   std::string embed_tensor;
+  float embed_scale = 1.0f;     // rows of embed_table are multiplied by this (kvrun.json embedding.scale)
   bool share_buffer = false;    // past and present may be one buffer (GroupQueryAttention graphs)
   bool right_padding = false;   // batches must be right-padded (GroupQueryAttention reads lengths from the mask)
   int64_t max_length = 0;       // longest sequence the graphs support; 0: not stated

@@ -38,6 +38,9 @@ std::vector<float> PackageModel::embed(const std::vector<int64_t>& ids) const {
   const auto H = static_cast<size_t>(m_.hidden_size);
   std::vector<float> out(ids.size() * H);
   for (size_t i = 0; i < ids.size(); ++i) embedding_->row_f32(ids[i], out.data() + i * H);
+  const auto scale = static_cast<float>(m_.embedding_scale);
+  if (scale != 1.0f)
+    for (auto& v : out) v *= scale;
   return out;
 }
 

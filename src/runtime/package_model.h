@@ -7,8 +7,8 @@
 #include <memory>
 #include <vector>
 
-#include "package/manifest.h"
 #include "io/safetensors.h"
+#include "package/manifest.h"
 #include "runtime/embedding_table.h"
 #include "runtime/ort_session.h"
 
@@ -27,7 +27,8 @@ class PackageModel {
   };
   State new_state() const;
 
-  // Embedding rows (float32 [n, hidden]) looked up from embedding.safetensors.
+  // Embedding rows (float32 [n, hidden]) looked up from embedding.safetensors, times the
+  // manifest's embedding scale.
   std::vector<float> embed(const std::vector<int64_t>& ids) const;
   // Appends n positions; returns logits [rows, vocab] (rows = 1, or n when the
   // package keeps all positions). Batch size 1.
