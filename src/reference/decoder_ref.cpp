@@ -165,7 +165,9 @@ std::vector<float> DecoderRef::forward(const float* embeds, int64_t n, bool all_
   std::vector<float> q(static_cast<size_t>(n * Q)), k(static_cast<size_t>(n * KV)), v(static_cast<size_t>(n * KV));
   std::vector<float> attn(static_cast<size_t>(n * Q)), tmp(static_cast<size_t>(n * H));
   std::vector<float> g(static_cast<size_t>(n * F)), u(static_cast<size_t>(n * F)), scores(static_cast<size_t>(total));
-  const auto scale = static_cast<float>(c.attention_scale());
+  // query_pre_attn_scalar^-0.5 (Gemma), else head_dim^-0.5 computed in float as before
+  const float scale =
+      c.query_pre_attn_scalar > 0 ? static_cast<float>(c.attention_scale()) : 1.0f / std::sqrt(static_cast<float>(D));
 
   for (auto& L : layers_) {
     for (int64_t t = 0; t < n; ++t) rms_norm(&h[t * H], L.input_norm, H, c.rms_norm_eps, &x[t * H]);
