@@ -36,9 +36,10 @@ Logits are rounded to 4 decimals.
 Greedy decoding uses transformers' KV cache (sliding-window layers keep the last 512
 positions); as a check, one teacher-forced forward pass without cache over prompt + greedy
 output must reproduce every greedy token and its margin (within 1e-3), so the cached and the
-masked sliding-window paths agree. For prompts longer than the 512-token window the JSON also
-records `window_effect`: the largest change of the last prompt position's logits when the
-sliding window is switched off (so a test knows that prompt exercises the window).
+masked sliding-window paths agree. For prompts that reach past the 512-token window (prompt +
+new tokens) the JSON also records `window_effect`: with the sliding window switched off, the
+largest change of the logits that chose the greedy tokens and the first step whose argmax
+changes (so a test knows the window matters there: ignoring it would fail the test).
 """
 
 import argparse
@@ -147,23 +148,28 @@ def teacher_forced(model, ids, toks):
 
 
 @torch.no_grad()
-def window_effect(model, ids):
-    """Largest |change| of the last position's logits with the sliding window switched off."""
-    with_window = model(torch.tensor([ids]), use_cache=False, logits_to_keep=1).logits[0, -1]
+def window_effect(model, seq, n):
+    """The sliding window switched off: the largest |change| of the logits at the last n
+    positions of seq (those that predicted the greedy tokens), and the first of those
+    positions whose argmax changes (None if none)."""
+    def last_logits():
+        return model(torch.tensor([seq]), use_cache=False, logits_to_keep=n).logits[0].float()
+
+    with_window = last_logits()
     cfg = model.config
     saved = cfg.sliding_window
+    attns = [l.self_attn for l in model.model.layers if getattr(l.self_attn, "sliding_window", None)]
     cfg.sliding_window = 1 << 20
-    for layer in model.model.layers:  # some versions copy the window into each attention module
-        if getattr(layer.self_attn, "sliding_window", None):
-            layer.self_attn.sliding_window = 1 << 20
+    for attn in attns:  # the attention modules keep their own copy
+        attn.sliding_window = 1 << 20
     try:
-        without = model(torch.tensor([ids]), use_cache=False, logits_to_keep=1).logits[0, -1]
+        without = last_logits()
     finally:
         cfg.sliding_window = saved
-        for layer in model.model.layers:
-            if getattr(layer.self_attn, "sliding_window", None):
-                layer.self_attn.sliding_window = saved
-    return float((with_window - without).abs().max()), int(torch.argmax(without))
+        for attn in attns:
+            attn.sliding_window = saved
+    flips = (with_window.argmax(-1) != without.argmax(-1)).nonzero()
+    return float((with_window - without).abs().max()), (int(flips[0, 0]) if len(flips) else None)
 
 
 def main():
@@ -232,8 +238,8 @@ def main():
                                            - torch.tensor(top1)).abs().max())),
         }
         if len(ids) + a.new_tokens > window and not a.no_window_check:
-            diff, arg = window_effect(model, ids)
-            entry["window_effect"] = {"max_abs_logit_change": r4(diff), "argmax_without_window": arg}
+            diff, step = window_effect(model, ids + toks[:-1], len(toks))
+            entry["window_effect"] = {"max_abs_logit_change": r4(diff), "first_step_changed": step}
         prompts.append(entry)
         print(f"{len(ids):4d} ids, {time.time() - t0:5.1f} s, min margin {min(margins):.4f}: "
               f"{text[-40:]!r} -> {entry['greedy_text']!r}", file=sys.stderr)
