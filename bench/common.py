@@ -24,16 +24,39 @@ def prompt_ids(n, seed=0):
     return [rng.randrange(ID_LOW, ID_HIGH) for _ in range(n)]
 
 
+def read_ids(path, n):
+    """The first n ids of a file of integers (separated by commas and/or whitespace),
+    e.g. a real text tokenized by bench/gguf_prompt_ids.py."""
+    with open(path) as f:
+        ids = [int(t) for t in f.read().replace(",", " ").split()]
+    if len(ids) < n:
+        raise SystemExit(f"{path}: {len(ids)} ids, need --prompt-len {n}")
+    return ids[:n]
+
+
+def prompt(args):
+    """The prompt every engine of a job gets: --prompt-ids-file if given, else
+    prompt_ids(--prompt-len, --seed)."""
+    if args.prompt_ids_file:
+        return read_ids(args.prompt_ids_file, args.prompt_len)
+    return prompt_ids(args.prompt_len, args.seed)
+
+
 def parse_args(description, model_help):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("model", help=model_help)
-    p.add_argument("--variant", default=None, help="label for the result (default: from the model)")
+    # The environment defaults let a run-all.sh / run-gguf.sh job line set them per job.
+    p.add_argument("--variant", default=os.environ.get("BENCH_VARIANT") or None,
+                   help="label for the result (default: $BENCH_VARIANT, else from the model)")
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--gen-len", type=int, default=128)
     p.add_argument("--runs", type=int, default=5, help="measured runs, after the warm-up")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt ids")
+    p.add_argument("--prompt-ids-file", default=os.environ.get("BENCH_PROMPT_IDS") or None,
+                   help="take the prompt's ids from this file (integers; the first --prompt-len "
+                        "of them) instead of --seed's random ids (default: $BENCH_PROMPT_IDS)")
     a = p.parse_args()
     if a.prompt_len < 1 or a.gen_len < 2 or a.runs < 1 or a.warmup < 0:
         p.error("need --prompt-len >= 1, --gen-len >= 2, --runs >= 1, --warmup >= 0")
@@ -99,7 +122,7 @@ def run_loop(args, one_run):
     """Calls one_run(ids) -> (prefill_s, ttft_s, decode_s) warmup + runs times; returns
     the three lists over the measured runs. decode_s spans the gen_len - 1 steps after
     the first token, which comes out of the prefill."""
-    ids = prompt_ids(args.prompt_len, args.seed)
+    ids = prompt(args)
     pre, ttft, dec = [], [], []
     for i in range(args.warmup + args.runs):
         p, t, d = one_run(ids)
@@ -117,6 +140,7 @@ def result(args, engine, engine_version, variant, pre, ttft, dec, extra=None):
         "model": os.path.abspath(args.model), "variant": args.variant or variant,
         "threads": args.threads, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
         "runs": args.runs, "warmup": args.warmup,
+        **prompt_source(args),
         "prefill_tokens_per_second": summary([args.prompt_len / s for s in pre]),
         "decode_tokens_per_second": summary([(args.gen_len - 1) / s for s in dec]),
         "time_to_first_token_s": summary(ttft),
@@ -127,6 +151,11 @@ def result(args, engine, engine_version, variant, pre, ttft, dec, extra=None):
     if extra:
         r.update(extra)
     return r
+
+
+def prompt_source(args):
+    """Where the prompt ids came from (only when not the default random ids)."""
+    return {"prompt_ids_file": os.path.abspath(args.prompt_ids_file)} if args.prompt_ids_file else {}
 
 
 def add_context(r, model):

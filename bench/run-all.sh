@@ -15,7 +15,6 @@ export KVRUN=${KVRUN:-./build/kvrun}
 PY=$BENCH_DIR/venv/bin/python
 [[ -x $PY ]] || PY=python3
 ARGS=(--prompt-len 512 --gen-len 128 --runs 5 --warmup 1 --threads 2 "$@")
-mkdir -p "$RESULTS"
 
 # name | runner | model | environment (optional VAR=value,...)
 JOBS="
@@ -34,33 +33,6 @@ node-llama-cpp-Q8_0 run_node_llamacpp.py $MODELS/gguf/q06-Q8_0.gguf
 node-llama-cpp-Q4_0 run_node_llamacpp.py $MODELS/gguf/q06-Q4_0.gguf
 "
 
-# PASSES > 1 runs the whole job list that many times, so that drift over time (minutes
-# apart, ~10-15% here) hits every engine alike; table.py takes the median of the medians.
-PASSES=${PASSES:-1}
-ran=() skipped=() failed=()
-for ((pass = 1; pass <= PASSES; pass++)); do
-while read -r name runner model envs; do
-  [[ -n $name ]] || continue
-  [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || continue
-  ((pass > 1)) || rm -f "$RESULTS/$name".json "$RESULTS/$name".pass*.json
-  out=$RESULTS/$name.json
-  ((PASSES == 1)) || out=$RESULTS/$name.pass$pass.json
-  echo "== $name ($model), pass $pass/$PASSES" >&2
-  if [[ ! -e $model ]]; then
-    echo "skip: $model not built (bench/make-models.sh)" >&2; skipped+=("$name"); continue
-  fi
-  rc=0
-  env ${envs//,/ } "$PY" "bench/$runner" "$model" "${ARGS[@]}" >"$out.tmp" || rc=$?
-  if ((rc == 0)); then
-    mv "$out.tmp" "$out"; ran+=("$name")
-  elif ((rc == 3)); then
-    rm -f "$out.tmp"; skipped+=("$name")
-  else
-    rm -f "$out.tmp"; failed+=("$name"); echo "FAILED: $name (exit $rc)" >&2
-  fi
-done <<<"$JOBS"
-done
-
-echo "ran: ${ran[*]:-none}; skipped: ${skipped[*]:-none}; failed: ${failed[*]:-none}" >&2
-python3 bench/table.py "$RESULTS" || true
-((${#failed[@]} == 0))  # exit 1 when a job failed (skips are fine)
+source bench/jobs.sh
+run_jobs
+finish_jobs  # exit 1 when a job failed (skips are fine)

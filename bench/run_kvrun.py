@@ -48,7 +48,10 @@ def via_bench(args, kvrun, help_text):
     if "--warmup" in help_text:
         cmd += ["--warmup", str(args.warmup)]
     if "--prompt-ids" in help_text:  # same ids as the peers
-        cmd += ["--prompt-ids", ",".join(map(str, common.prompt_ids(args.prompt_len, args.seed)))]
+        cmd += ["--prompt-ids", ",".join(map(str, common.prompt(args)))]
+    elif args.prompt_ids_file:
+        raise SystemExit("run_kvrun: this kvrun bench has no --prompt-ids, so it cannot "
+                         f"take the ids of {args.prompt_ids_file}")
     common.log("  " + " ".join(cmd[:3] + ["..."]))
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if out.returncode != 0:
@@ -63,12 +66,13 @@ def via_bench(args, kvrun, help_text):
     if os.environ.get("KVRUN_ATTENTION") == "ort":  # kvrun's attention kernel off (run-all.sh job *-ort-attention)
         r["variant"] += ", ORT attention"
     r.setdefault("weights_bytes", common.weights_bytes(args.model))
+    r.update(common.prompt_source(args))
     common.add_context(r, args.model)
     return r
 
 
 def via_run(args, kvrun):
-    ids = ",".join(map(str, common.prompt_ids(args.prompt_len, args.seed)))
+    ids = ",".join(map(str, common.prompt(args)))
     cmd = [kvrun, "run", args.model, "--prompt-ids", ids, "--max-new-tokens", str(args.gen_len),
            "--ignore-eos", "--threads", str(args.threads), "--json"]
 

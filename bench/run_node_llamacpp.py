@@ -25,7 +25,7 @@ def main():
     with open(os.path.join(os.path.dirname(module), "..", "package.json")) as f:
         version = json.load(f)["version"]
     cfg = {"module": os.path.abspath(module), "model": os.path.abspath(args.model),
-           "ids": common.prompt_ids(args.prompt_len, args.seed), "gen_len": args.gen_len,
+           "ids": common.prompt(args), "gen_len": args.gen_len,
            "runs": args.runs, "warmup": args.warmup, "threads": args.threads,
            "n_ctx": max(640, args.prompt_len + args.gen_len)}
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_llamacpp.mjs")

@@ -22,6 +22,9 @@ GGUF_VER=${GGUF_VER:-0.19.0}
 ONNX_VER=${ONNX_VER:-1.23.2}
 ONNX_IR_VER=${ONNX_IR_VER:-1.1.0}
 NODE_LLAMACPP_VER=${NODE_LLAMACPP_VER:-3.22.1}
+# llama-cpp-python's prebuilt CPU wheels (not on PyPI, which has only the sdist): used
+# when pip can reach the index, else the sdist is built. LLAMACPP_WHEEL_INDEX= skips it.
+LLAMACPP_WHEEL_INDEX=${LLAMACPP_WHEEL_INDEX-https://abetlen.github.io/llama-cpp-python/whl/cpu}
 
 VENV="$BENCH_DIR/venv"
 PIP="$VENV/bin/pip"
@@ -60,9 +63,21 @@ install_genai() {
   "$VENV/bin/python" -c 'import onnxruntime_genai as og; print("onnxruntime-genai", og.__version__)'
 }
 
+wheel_index_reachable() {
+  [[ -n $LLAMACPP_WHEEL_INDEX ]] &&
+    "$VENV/bin/python" - "$LLAMACPP_WHEEL_INDEX/llama-cpp-python/" <<'PYEOF'
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=10).close()
+except Exception as e:
+    sys.exit(f"wheel index not reachable ({e})")
+PYEOF
+}
+
 install_llamacpp() {
-  # Built from the source distribution (CPU only, no tools/tests/examples/mtmd).
-  # The unpacked source stays in .bench/src: make-models.sh uses its
+  # The prebuilt CPU wheel if its index is reachable, else built from the source
+  # distribution (CPU only, no tools/tests/examples/mtmd; ~20 min on 2 idle cores).
+  # The unpacked source stays in .bench/src either way: make-models.sh uses its
   # vendor/llama.cpp/convert_hf_to_gguf.py.
   local src="$BENCH_DIR/src/llama_cpp_python-$LLAMACPP_VER"
   if [[ -d $src ]] && "$VENV/bin/python" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMACPP_VER')" 2>/dev/null; then
@@ -72,14 +87,27 @@ install_llamacpp() {
     "$PIP" download --no-binary :all: --no-deps "llama-cpp-python==$LLAMACPP_VER" -d "$BENCH_DIR/src" || return
     tar -xzf "$BENCH_DIR/src/llama_cpp_python-$LLAMACPP_VER.tar.gz" -C "$BENCH_DIR/src" || return
   fi
+  if wheel_index_reachable &&
+     "$PIP" install --only-binary llama-cpp-python --extra-index-url "$LLAMACPP_WHEEL_INDEX" \
+       "llama-cpp-python==$LLAMACPP_VER" "gguf==$GGUF_VER" "numpy==$NUMPY_VER"; then
+    echo "llama-cpp-python: prebuilt CPU wheel from $LLAMACPP_WHEEL_INDEX"
+  else
+    echo "llama-cpp-python: building the sdist"
+    build_llamacpp "$src" || return
+  fi
+  # convert_hf_to_gguf.py imports torch (system site packages) and these
+  "$PIP" install sentencepiece protobuf || return
+  "$VENV/bin/python" -c 'import llama_cpp; print("llama-cpp-python", llama_cpp.__version__)'
+}
+
+build_llamacpp() {
+  local start=$SECONDS
   CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
 -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
 -DLLAMA_OPENSSL=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF" \
   CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
-    "$PIP" install --no-cache-dir --no-binary llama-cpp-python "$src" "gguf==$GGUF_VER" "numpy==$NUMPY_VER" || return
-  # convert_hf_to_gguf.py imports torch (system site packages) and these
-  "$PIP" install sentencepiece protobuf || return
-  "$VENV/bin/python" -c 'import llama_cpp; print("llama-cpp-python", llama_cpp.__version__)'
+    "$PIP" install --no-cache-dir --no-binary llama-cpp-python "$1" "gguf==$GGUF_VER" "numpy==$NUMPY_VER" || return
+  echo "llama-cpp-python: built from source in $((SECONDS - start)) s"
 }
 
 install_node() {  # fallback: prebuilt CPU binaries from npm

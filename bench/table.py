@@ -87,6 +87,10 @@ def main():
     rank = lambda r: (ORDER.index(r["engine"]) if r["engine"] in ORDER else len(ORDER), -disk(r))
     rows.sort(key=rank)
     ref = next((r for r in rows if (r["engine"], r["variant"]) == REFERENCE), None)
+    # Without llama.cpp Q4_0 (run-gguf.sh: both engines on the same files), each row is
+    # compared with llama.cpp on its own variant, i.e. the same GGUF file.
+    same_file = {r["variant"]: r for r in rows if r["engine"] == "llama.cpp"} if ref is None else {}
+    ref_name = "llama.cpp Q4_0" if ref or not same_file else "llama.cpp (same file)"
 
     r0 = rows[0]
     passes = f" in {r0['passes']} interleaved passes (median of the pass medians)" if r0.get("passes") else ""
@@ -94,11 +98,12 @@ def main():
           f"{r0['threads']} threads, median (min–max) over {r0['runs']} runs after "
           f"{r0['warmup']} warm-up{passes}.\n")
     print("| engine | variant | model size | prefill tok/s | decode tok/s | TTFT s | peak RSS "
-          "| decode vs llama.cpp Q4_0 |")
+          f"| decode vs {ref_name} |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         dec = r["decode_tokens_per_second"]
-        ratio = f"{dec['median'] / ref['decode_tokens_per_second']['median']:.2f}x" if ref else "–"
+        base = ref or same_file.get(r["variant"])
+        ratio = f"{dec['median'] / base['decode_tokens_per_second']['median']:.2f}x" if base else "–"
         print(f"| {r['engine']} | {r['variant']} | {size(disk(r))} "
               f"| {stat(r['prefill_tokens_per_second'], lambda v: f'{v:.1f}')} "
               f"| {stat(dec, lambda v: f'{v:.2f}')} "
