@@ -67,13 +67,17 @@ class Prompt {
   struct Segment {
     enum class Kind { Text, Ids, Embeddings } kind = Kind::Ids;
     std::string text;
+    bool add_special_tokens = false;  // text: as Hugging Face tokenizer(text) does (e.g. <bos>)
     std::vector<TokenId> ids;
     std::vector<float> embeddings;
     int64_t rows = 0;
   };
 
   Prompt() = default;
-  Prompt& text(std::string s);
+  // Text to encode; add_special_tokens applies the tokenizer's post-processor (Gemma and
+  // Llama 3 prepend their BOS) as transformers' tokenizer(text) does: for raw prompts to a
+  // base model. Chat templates write their own special tokens.
+  Prompt& text(std::string s, bool add_special_tokens = false);
   Prompt& ids(std::vector<TokenId> ids);
   Prompt& embeddings(std::vector<float> values, int64_t rows);
   const std::vector<Segment>& segments() const { return segments_; }

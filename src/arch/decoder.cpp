@@ -505,7 +505,7 @@ std::string gather_nbits_rows(GraphBuilder& g, const std::string& ids, const gra
   }
   const std::string scale =
       g.op("Unsqueeze", S + "/scales/PerBlock", {g.op("Gather", S + "/GatherScales", {nm.scales, ids}, {{"axis", 0}}), last});
-  std::string v = g.op("Mul", S + "/Scale", {g.op("Sub", S + "/SubZeroPoint", {codes, zp}), scale});
+  std::string v = g.op("Mul", S + "/BlockScale", {g.op("Sub", S + "/SubZeroPoint", {codes, zp}), scale});
   if (!nm.mins.empty()) {
     const std::string mins =
         g.op("Unsqueeze", S + "/mins/PerBlock", {g.op("Gather", S + "/GatherMins", {nm.mins, ids}, {{"axis", 0}}), last});

@@ -68,7 +68,8 @@ std::vector<int64_t> get_ids(const json& j, const std::string& key) {
 // Gemma 3 specifics (transformers' Gemma3TextConfig / Gemma3ForCausalLM).
 void parse_gemma3(const json& j, const std::string& src, const json* local_rope, ModelConfig& c) {
   c.sandwich_norms = true;
-  c.norm_weight_offset = 1.0;  // Gemma3RMSNorm: x * (1 + w)
+  // Gemma3RMSNorm: x * (1 + w); a GGUF file stores (1 + w) already (io/gguf_checkpoint.h).
+  c.norm_weight_offset = get_num(j, "kvrun_norm_weight_offset", src, 1.0);
   c.embedding_scale = static_cast<double>(static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size))));
   c.query_pre_attn_scalar = get_num(j, "query_pre_attn_scalar", src, 256.0);
   if (!(c.query_pre_attn_scalar > 0))

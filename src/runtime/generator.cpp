@@ -16,10 +16,11 @@ namespace fs = std::filesystem;
 
 // ---- Prompt, options, stats
 
-Prompt& Prompt::text(std::string s) {
+Prompt& Prompt::text(std::string s, bool add_special_tokens) {
   Segment seg;
   seg.kind = Segment::Kind::Text;
   seg.text = std::move(s);
+  seg.add_special_tokens = add_special_tokens;
   segments_.push_back(std::move(seg));
   return *this;
 }
@@ -181,7 +182,7 @@ class Engine : public Model {
     for (const auto& seg : p.segments()) {
       switch (seg.kind) {
         case Prompt::Segment::Kind::Text: {
-          auto ids = need_tokenizer().encode(seg.text, false);
+          auto ids = need_tokenizer().encode(seg.text, seg.add_special_tokens);
           r.ids.insert(r.ids.end(), ids.begin(), ids.end());
           break;
         }

@@ -157,7 +157,7 @@ Command add_run_command(CLI::App& app) {
             } else {
               for (const auto& p : *prompts) {
                 if (*raw || !m->info().chat_template) {
-                  ps.push_back(Prompt().text(p));
+                  ps.push_back(Prompt().text(p, /*add_special_tokens=*/true));
                 } else {
                   nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
                   if (!f->system.empty()) msgs.push_back({{"role", "system"}, {"content", f->system}});
