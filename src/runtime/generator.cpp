@@ -4,6 +4,7 @@
 #include <optional>
 #include <sstream>
 
+#include "kvrun/build.h"
 #include "kvrun/chat_template.h"
 #include "kvrun/error.h"
 #include "kvrun/runtime.h"
@@ -132,7 +133,8 @@ class Engine : public Model {
     const ModelSource& s = dec_.source();
     const fs::path dir = s.dir;
     const fs::path tok_dir = s.side_dir.empty() || fs::exists(dir / "tokenizer.json") ? dir : s.side_dir;
-    if (fs::exists(tok_dir / "tokenizer.json") || fs::exists(tok_dir / "tokenizer.model")) {
+    if (fs::exists(tok_dir / "tokenizer.json") || fs::exists(tok_dir / "tokenizer.model") ||
+        fs::exists(tok_dir / "tokenizer.gguf")) {
       try {
         tok_ = Tokenizer::load(tok_dir);
       } catch (const std::exception& e) {
@@ -528,7 +530,7 @@ GenerationResult SequenceImpl::generate(const Prompt& context, const GenerationO
 }  // namespace runtime
 
 std::unique_ptr<Model> Model::load(const fs::path& path, const ModelOptions& opt) {
-  return std::make_unique<runtime::Engine>(path, opt);
+  return std::make_unique<runtime::Engine>(ensure_package(path, opt.build_progress), opt);
 }
 
 }  // namespace kvrun

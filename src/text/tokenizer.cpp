@@ -52,6 +52,8 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const fs::path& path) {
       file = path / "tokenizer.json";
     } else if (fs::is_regular_file(path / "tokenizer.model")) {
       file = path / "tokenizer.model";
+    } else if (fs::is_regular_file(path / "tokenizer.gguf")) {  // a package built from a GGUF file
+      file = path / "tokenizer.gguf";
     } else if (models.size() == 1) {
       file = models[0];
     } else {
