@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "kvrun/types.h"
+
 namespace kvrun {
 
 struct BenchOptions {
@@ -26,6 +28,7 @@ struct BenchOptions {
   std::vector<int32_t> prompt_ids;        // when given: the prompt of length n is its first n ids
   bool probe_bandwidth = true;            // measure read bandwidth (about a second)
   int64_t bandwidth_bytes = 512LL << 20;  // buffer the probe reads (well above the last-level cache)
+  ProgressFn build_progress;              // a GGUF file's first-use build (kvrun::ensure_package)
 
   void validate() const;  // throws kvrun::Error naming the bad field
 };

@@ -11,11 +11,9 @@
 #include <vector>
 
 #include "kvrun/error.h"
+#include "kvrun/types.h"
 
 namespace kvrun {
-
-// (stage, done, total) — called as long work advances; stage e.g. "decoder".
-using ProgressFn = std::function<void(const std::string&, int64_t, int64_t)>;
 
 // Weight quantization settings shared by `build --precision int8|int4` and `quantize`.
 struct QuantSettings {
@@ -63,6 +61,24 @@ struct BuildResult {
 
 // Builds into `<out>.partial-<pid>` and renames at the end: a failed build leaves nothing.
 BuildResult build_package(const BuildOptions& opt);
+
+// ---- The package cache: GGUF files run directly (docs/run.md, "GGUF files and the package cache")
+//
+// Where packages built from GGUF files are kept: $KVRUN_CACHE_DIR, else
+// $XDG_CACHE_HOME/kvrun/packages, else ~/.cache/kvrun/packages.
+std::filesystem::path package_cache_dir();
+
+// For a GGUF file: its package folder in package_cache_dir(), built on first use (target
+// ort, precision auto: the file's own quantization). The folder is named by a sha256 over
+// the file's content, kvrun's build-format version and those build options, so the same
+// file under another name shares it and a changed file or a kvrun that builds differently
+// gets a new one. The file's sha256 is remembered in <cache>/index.json by (path, size,
+// mtime, ctime, inode): a later use of an unchanged file hashes nothing. A build announces
+// itself with one line on stderr and reports through `progress` (the build's stages, and
+// "sha256" in MiB while a new or changed file is hashed). Concurrent first uses build once
+// (a lock file per package; the others wait and use the result); a failed build leaves no
+// folder. Anything that is not a GGUF file is returned unchanged.
+std::filesystem::path ensure_package(const std::filesystem::path& model, const ProgressFn& progress = {});
 
 // kvrun quantize: a package folder (its decoder graphs) or a single .onnx file.
 struct QuantizeOptions : QuantSettings {

@@ -31,6 +31,9 @@ class ChatTemplate;
 
 struct ModelOptions {
   int threads = 0;  // ONNX Runtime intra-op threads; 0: one per core
+  // Model::load given a GGUF file: progress of its first-use build into the package cache
+  // (kvrun::ensure_package, include/kvrun/build.h).
+  ProgressFn build_progress;
 };
 
 struct SamplingOptions {

@@ -6,15 +6,19 @@
 #include <vector>
 
 #include "kvrun/error.h"
+#include "kvrun/types.h"
 
 namespace kvrun {
 
 struct VerifyOptions {
+  // A package folder, or a GGUF file: its package from the cache (built on first use,
+  // kvrun::ensure_package), checked against the file itself.
   std::filesystem::path package;
-  std::filesystem::path checkpoint;  // empty: the checkpoint recorded in kvrun.json
+  std::filesystem::path checkpoint;  // empty: the checkpoint recorded in kvrun.json (a GGUF file: that file)
   std::vector<int64_t> prompt;       // empty: 8 deterministic ids
   int greedy_tokens = 16;
-  int threads = 0;  // ORT intra-op threads (0: default)
+  int threads = 0;            // ORT intra-op threads (0: default)
+  ProgressFn build_progress;  // a GGUF file's first-use build
 };
 
 struct VerifyCheck {

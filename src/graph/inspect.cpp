@@ -172,7 +172,7 @@ json graph_json(const fs::path& file) {
 json decoder_json(const fs::path& path) {
   json j;
   try {
-    auto model = Model::load(path, ModelOptions{1});
+    auto model = Model::load(path, ModelOptions{1, {}});
     const auto& i = model->info();
     j["is_decoder"] = true;
     j["layout"] = i.layout;

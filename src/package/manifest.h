@@ -14,6 +14,10 @@
 namespace kvrun::build {
 
 inline constexpr int kManifestVersion = 1;
+// Bump when build_package writes a different package for the same checkpoint and options
+// (graphs, weights layout, files): packages cached from GGUF files are keyed by it, so the
+// next use rebuilds them (ensure_package, package/gguf_cache.cpp).
+inline constexpr int kBuildFormatVersion = 1;
 
 struct ManifestInputs {
   const io::ModelConfig& cfg;

@@ -103,6 +103,7 @@ BenchReport bench(const fs::path& model, const BenchOptions& opt, const BenchPro
   opt.validate();
   ModelOptions mo;
   mo.threads = opt.threads;
+  mo.build_progress = opt.build_progress;
   auto m = Model::load(model, mo);
   const ModelInfo& info = m->info();
 

@@ -4,6 +4,7 @@
 #include <optional>
 #include <sstream>
 
+#include "kvrun/build.h"
 #include "kvrun/chat_template.h"
 #include "kvrun/error.h"
 #include "kvrun/runtime.h"
@@ -530,7 +531,7 @@ GenerationResult SequenceImpl::generate(const Prompt& context, const GenerationO
 }  // namespace runtime
 
 std::unique_ptr<Model> Model::load(const fs::path& path, const ModelOptions& opt) {
-  return std::make_unique<runtime::Engine>(path, opt);
+  return std::make_unique<runtime::Engine>(ensure_package(path, opt.build_progress), opt);
 }
 
 }  // namespace kvrun

@@ -9,6 +9,7 @@
 #include "arch/sensevoice_encoder.h"
 #include "audio/fbank.h"
 #include "audio/lfr.h"
+#include "io/gguf_checkpoint.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "package/package_parts.h"
@@ -194,7 +195,12 @@ VerifyCheck check_audio_encoder(const fs::path& pkg, const nlohmann::json& asr, 
 
 }  // namespace
 
-VerifyReport verify_package(const VerifyOptions& opt) {
+VerifyReport verify_package(const VerifyOptions& options) {
+  VerifyOptions opt = options;
+  if (io::is_gguf_file(opt.package)) {
+    if (opt.checkpoint.empty()) opt.checkpoint = opt.package;
+    opt.package = ensure_package(opt.package, opt.build_progress);
+  }
   runtime::SessionConfig sc;
   sc.intra_op_threads = opt.threads;
   runtime::PackageModel model(opt.package, sc);

@@ -14,13 +14,17 @@ Command add_bench_command(CLI::App& app) {
     std::string model, prompt_lens = "16,512", prompt_ids;
     BenchOptions o;
     bool json = false, quiet = false, no_bandwidth = false;
+    StageProgress build_progress;
   };
   auto f = std::make_shared<Flags>();
   auto* c = app.add_subcommand("bench",
                                "Measure prefill and decode tokens/s, time to first token and peak memory (median, min, "
                                "max over runs after a warm-up), and the decode rate as a fraction of the memory "
                                "bandwidth roofline");
-  c->add_option("model", f->model, "Model folder (any layout kvrun run reads) or .onnx")->required();
+  c->add_option("model", f->model,
+                "Model folder (any layout kvrun run reads), .onnx, or a .gguf file (built into the package cache on "
+                "first use)")
+      ->required();
   c->add_option("--prompt-len", f->prompt_lens, "Prompt lengths in tokens, comma-separated (random ids)")
       ->capture_default_str();
   c->add_option("--gen-len", f->o.gen_len, "Tokens generated per run (EOS ignored)")->capture_default_str();
@@ -40,6 +44,8 @@ Command add_bench_command(CLI::App& app) {
             for (int64_t id : parse_id_list(f->prompt_ids, "--prompt-ids"))
               f->o.prompt_ids.push_back(static_cast<int32_t>(id));
             f->o.probe_bandwidth = !f->no_bandwidth;
+            f->build_progress.enabled = !f->quiet;
+            f->o.build_progress = f->build_progress.fn();
             std::unique_ptr<io::Progress> bar;
             BenchProgressFn progress;
             if (!f->quiet)

@@ -24,10 +24,13 @@ struct GenFlags {
   bool stats = false;
   std::string system;
   bool no_think = false;
+  StageProgress build_progress;  // a GGUF file's first-use build into the package cache
 
   void add(CLI::App* app) {
     gen.max_new_tokens = 256;
-    app->add_option("model", model, "Model folder (kvrun package, GenAI folder, optimum export, split export) or .onnx")
+    app->add_option("model", model,
+                    "Model folder (kvrun package, GenAI folder, optimum export, split export), .onnx, or a .gguf "
+                    "file (built into the package cache on first use, see docs/run.md)")
         ->required();
     app->add_option("--max-new-tokens", gen.max_new_tokens, "Tokens to generate at most")->capture_default_str();
     app->add_option("--temperature", gen.sampling.temperature, "Sampling temperature; 0 means greedy")
@@ -58,6 +61,7 @@ struct GenFlags {
     gen.validate();
     ModelOptions mo;
     mo.threads = threads;
+    mo.build_progress = build_progress.fn();
     return Model::load(model, mo);
   }
 };

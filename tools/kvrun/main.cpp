@@ -102,7 +102,11 @@ int main(int argc, char** argv) {
       "verify",
       "Run a package in ONNX Runtime and compare with a C++ reference forward pass: prefill, two decode steps on the "
       "prefill cache, a fresh prefill, and a greedy continuation. Exits 1 when a check is beyond tolerance.");
-  verify->add_option("package", vo.package, "Package folder made by `kvrun build`")->required();
+  verify
+      ->add_option("package", vo.package,
+                   "Package folder made by `kvrun build`, or a .gguf file (its package from the package cache, built "
+                   "on first use, checked against the file)")
+      ->required();
   verify->add_option("--checkpoint", vo.checkpoint, "Checkpoint folder (default: the one recorded in kvrun.json)");
   verify->add_option("--prompt-ids", prompt_ids, "Comma-separated prompt token ids (default: 8 fixed ids)");
   verify->add_option("--greedy-tokens", vo.greedy_tokens, "Tokens in the greedy continuation check")
@@ -145,6 +149,7 @@ int main(int argc, char** argv) {
     }
     if (*verify) {
       vo.prompt = kvrun::cli::parse_id_list(prompt_ids, "--prompt-ids");
+      vo.build_progress = progress.fn();
       const kvrun::VerifyReport r = kvrun::verify_package(vo);
       std::fputs(verify_json ? (r.to_json() + "\n").c_str() : r.to_text().c_str(), stdout);
       return r.passed ? 0 : 1;
