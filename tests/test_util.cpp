@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -116,6 +117,16 @@ Golden load_golden(const std::string& name) {
   g.greedy = j.at("greedy").get<std::vector<std::vector<int64_t>>>();
   g.logits = std::make_unique<io::TensorStore>(fixture(name) / j.at("logits_file").get<std::string>());
   return g;
+}
+
+std::filesystem::path gemma3_270m_gguf() {
+  if (const char* e = std::getenv("KVRUN_GEMMA3_GGUF"); e && *e) return e;
+  std::filesystem::path dir;
+  if (const char* m = std::getenv("KVRUN_MODELS_DIR"); m && *m)
+    dir = m;
+  else if (const char* h = std::getenv("HOME"); h && *h)
+    dir = std::filesystem::path(h) / ".cache" / "kvrun" / "models";
+  return dir / "gemma-3-270m-q4_k_m.gguf";
 }
 
 }  // namespace kvrun::test

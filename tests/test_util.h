@@ -15,6 +15,9 @@ namespace kvrun::test {
 
 inline std::filesystem::path source_dir() { return KVRUN_SOURCE_DIR; }
 inline std::filesystem::path fixture(const std::string& name) { return source_dir() / "tests" / "fixtures" / name; }
+// The real Gemma 3 270M Q4_K_M GGUF as scripts/fetch-gemma3.sh keeps it ($KVRUN_GEMMA3_GGUF,
+// else $KVRUN_MODELS_DIR or ~/.cache/kvrun/models); tests skip when it is absent.
+std::filesystem::path gemma3_270m_gguf();
 
 // A fresh folder under the system temp dir, removed on destruction.
 class TempDir {
