@@ -9,6 +9,13 @@ Writes into tests/fixtures/gguf-models/ (or --out):
                            writes it: Q8_0 matrices, F32 norms; about 1 MB. Committed; read by
                            tests/gguf_cache_test.cpp (`kvrun run <file.gguf>` and the package cache).
   qwen3-trained-f32.gguf   with --f32: the same model in F32 (3.5 MB; not committed).
+  {llama,qwen2,qwen3}-tiny-f32.gguf
+                           tests/fixtures/{llama,qwen2,qwen3}-tiny in F32 (about 0.55 MB each;
+                           committed; tests/gguf_model_test.cpp builds them and compares with
+                           the HF goldens those folders hold). llama-tiny has no tokenizer, so its
+                           vocabulary is a stand-in ("<t0>", "<t1>", ...): the test feeds ids.
+                           These exercise llama.cpp's q/k row permutation for `llama` (undone by
+                           kvrun), Qwen2's qkv biases and Qwen3's q/k norms.
 
 The tiny tokenizer's pre-tokenizer (byte-level BPE with GPT-2's regex) has no entry in the
 converter's table of known tokenizer hashes, so get_vocab_base_pre is told it is "gpt-2".
@@ -40,10 +47,27 @@ def main():
 
     base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
     args.out.mkdir(parents=True, exist_ok=True)
-    variants = [("q8_0", "qwen3-trained-q8_0.gguf")] + ([("f32", "qwen3-trained-f32.gguf")] if args.f32 else [])
-    for outtype, name in variants:
+    import gguf  # noqa: E402
+
+    def stand_in_vocab(self):
+        n = self.hparams["vocab_size"]
+        self.gguf_writer.add_tokenizer_model("llama")
+        self.gguf_writer.add_tokenizer_pre("default")
+        self.gguf_writer.add_token_list([f"<t{i}>" for i in range(n)])
+        self.gguf_writer.add_token_scores([0.0] * n)
+        self.gguf_writer.add_token_types([gguf.TokenType.NORMAL] * n)
+
+    fixtures = ROOT / "tests" / "fixtures"
+    variants = [("q8_0", SRC, "qwen3-trained-q8_0.gguf")]
+    if args.f32:
+        variants.append(("f32", SRC, "qwen3-trained-f32.gguf"))
+    variants += [("f32", fixtures / f"{m}-tiny", f"{m}-tiny-f32.gguf") for m in ("llama", "qwen2", "qwen3")]
+    for outtype, src, name in variants:
+        if not (src / "tokenizer.json").exists():
+            import conversion.llama as llama  # noqa: E402
+            llama.LlamaModel.set_vocab = stand_in_vocab
         out = args.out / name
-        sys.argv = [str(args.converter), str(SRC), "--outtype", outtype, "--outfile", str(out)]
+        sys.argv = [str(args.converter), str(src), "--outtype", outtype, "--outfile", str(out)]
         runpy.run_path(str(args.converter), run_name="__main__")
         print(f"wrote {out} ({out.stat().st_size} bytes)")
 

@@ -115,8 +115,14 @@ GgufCheckpoint::GgufCheckpoint(const fs::path& path) : file_(std::make_unique<Gg
       throw Error(src + ": " + k + "rope.scaling.type '" + *st + "' is not supported (kvrun reads 'linear')");
     c["rope_scaling"] = {{"rope_type", "linear"}, {"factor", factor}};
   }
-  if (f.find_tensor("rope_freqs.weight"))
-    throw Error(src + ": tensor 'rope_freqs.weight' (Llama 3 rope scaling factors) is not supported yet");
+  // Llama 3 rope scaling: llama.cpp's converter stores the per-frequency divisors.
+  if (const GgufTensor* rf = f.find_tensor("rope_freqs.weight")) {
+    if (rf->numel() != head_dim / 2)
+      throw Error(src + ": tensor 'rope_freqs.weight' has " + std::to_string(rf->numel()) +
+                  " values, expected head_dim/2 = " + std::to_string(head_dim / 2));
+    const std::vector<float> v = f.to_f32(*rf);
+    c["rope_scaling"] = {{"rope_type", "factors"}, {"factors", std::vector<double>(v.begin(), v.end())}};
+  }
   if (arch_ == "qwen2" || (arch_ == "llama" && f.find_tensor("blk.0.attn_q.bias")))
     c["attention_bias"] = f.find_tensor("blk.0.attn_q.bias") != nullptr;
   if (arch_ == "gemma3") {

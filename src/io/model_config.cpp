@@ -216,9 +216,19 @@ ModelConfig parse_model_config(const json& j, const std::string& src) {
       if (r.contains(k) && !r[k].is_string())
         throw Error(src + ": rope '" + k + "' must be a string, found " + r[k].dump());
     c.rope_scaling.type = r.value("rope_type", r.value("type", std::string("default")));
-    if (c.rope_scaling.type != "default" && c.rope_scaling.type != "linear" && c.rope_scaling.type != "llama3")
+    if (c.rope_scaling.type != "default" && c.rope_scaling.type != "linear" && c.rope_scaling.type != "llama3" &&
+        c.rope_scaling.type != "factors")
       throw Error(src + ": rope_scaling type '" + c.rope_scaling.type +
                   "' is not supported (supported: default, linear, llama3)");
+    if (c.rope_scaling.type == "factors") {  // a GGUF file's rope_freqs.weight (io/gguf_checkpoint.h)
+      if (!r.contains("factors") || !r["factors"].is_array())
+        throw Error(src + ": rope_scaling type 'factors' needs an array 'factors'");
+      for (const auto& v : r["factors"]) {
+        if (!v.is_number() || !(v.get<double>() > 0))
+          throw Error(src + ": rope_scaling factors must be positive numbers, found " + v.dump());
+        c.rope_scaling.factors.push_back(v.get<double>());
+      }
+    }
     c.rope_scaling.factor = get_num(r, "factor", src, 1.0);
     c.rope_scaling.low_freq_factor = get_num(r, "low_freq_factor", src, 1.0);
     c.rope_scaling.high_freq_factor = get_num(r, "high_freq_factor", src, 4.0);
@@ -290,6 +300,11 @@ std::vector<float> ModelConfig::inv_freq(bool local) const {
   if (local) return f;  // local layers (Gemma 3) rotate unscaled
   if (rope_scaling.type == "linear") {
     for (auto& v : f) v = static_cast<float>(v / rope_scaling.factor);
+  } else if (rope_scaling.type == "factors") {  // llama.cpp: theta_i / freq_factors[i]
+    if (static_cast<int64_t>(rope_scaling.factors.size()) != half)
+      throw Error("rope_scaling has " + std::to_string(rope_scaling.factors.size()) + " factors, expected head_dim/2 = " +
+                  std::to_string(half));
+    for (int64_t i = 0; i < half; ++i) f[i] = static_cast<float>(f[i] / rope_scaling.factors[static_cast<size_t>(i)]);
   } else if (rope_scaling.type == "llama3") {
     // Same formula as transformers' _compute_llama3_parameters.
     const double factor = rope_scaling.factor, lo = rope_scaling.low_freq_factor, hi = rope_scaling.high_freq_factor;
@@ -345,6 +360,7 @@ json ModelConfig::to_json() const {
             {"o_bias", o_bias},
             {"mlp_bias", mlp_bias},
             {"qk_norm", qk_norm}};
+  if (!rope_scaling.factors.empty()) j["rope_scaling"]["factors"] = rope_scaling.factors;
   if (family == Family::Gemma3) {
     j["hidden_act"] = hidden_act == Activation::GeluTanh ? "gelu_pytorch_tanh" : "silu";
     j["sandwich_norms"] = sandwich_norms;

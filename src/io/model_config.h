@@ -22,6 +22,7 @@ struct RopeScaling {
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 8192;
+  std::vector<double> factors;  // type "factors": inv_freq[i] / factors[i] (a GGUF file's rope_freqs)
 };
 
 struct ModelConfig {
