@@ -1,13 +1,21 @@
 #include "runtime/embedding_table.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include "kvrun/error.h"
 
 namespace kvrun::runtime {
 
 EmbeddingTable::EmbeddingTable(const std::filesystem::path& file, const std::string& tensor)
     : store_(std::make_unique<io::SafetensorsFile>(file)), file_(file.string()) {
-  store_->advise_random();  // row lookups: without this, read-ahead maps most of the table
+  fd_ = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) throw Error(file_ + ": cannot open: " + std::strerror(errno));
   if ((dense_ = store_->find(tensor))) {
+    dense_off_ = store_->file_offset(*dense_);
     if (dense_->shape.size() != 2)
       throw Error(file_ + ": embedding table '" + tensor + "' has shape " + io::shape_str(dense_->shape) +
                   ", expected [vocab, hidden]");
@@ -57,18 +65,56 @@ EmbeddingTable::EmbeddingTable(const std::filesystem::path& file, const std::str
     throw Error(file_ + ": the parts of quantized embedding table '" + tensor + "' disagree: qweight " +
                 io::shape_str(B->shape) + ", scales " + io::shape_str(S->shape) +
                 (Z ? ", zero_points " + io::shape_str(Z->shape) : "") + (M ? ", mins " + io::shape_str(M->shape) : ""));
-  nbits_.B = B->data;
-  nbits_.scales = reinterpret_cast<const float*>(S->data);
-  nbits_.zp = Z ? Z->data : nullptr;
-  nbits_.mins = M ? reinterpret_cast<const float*>(M->data) : nullptr;
+  b_off_ = store_->file_offset(*B);
+  s_off_ = store_->file_offset(*S);
+  if ((has_zp_ = Z != nullptr)) z_off_ = store_->file_offset(*Z);
+  if ((has_mins_ = M != nullptr)) m_off_ = store_->file_offset(*M);
   width_ = nbits_.K;
 }
 
+EmbeddingTable::~EmbeddingTable() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void EmbeddingTable::read_at(uint64_t offset, size_t n, uint8_t* out) const {
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t got = ::pread(fd_, out + done, n - done, static_cast<off_t>(offset + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0)
+      throw Error(file_ + ": reading " + std::to_string(n) + " bytes at offset " + std::to_string(offset) + ": " +
+                  (got < 0 ? std::strerror(errno) : "unexpected end of file"));
+    done += static_cast<size_t>(got);
+  }
+}
+
 void EmbeddingTable::row_f32(TokenId r, float* out) const {
-  if (dense_) return dense_->row_f32(r, out);
   if (r < 0 || r >= rows_)
     throw Error("token id " + std::to_string(r) + " is outside the vocabulary [0, " + std::to_string(rows_) + ")");
-  nbits_.row_f32(r, out);
+  const auto row = static_cast<uint64_t>(r);
+  if (dense_) {
+    const size_t bytes = static_cast<size_t>(width_) * io::dtype_size(dense_->dtype);
+    std::vector<uint8_t> buf(bytes);
+    read_at(dense_off_ + row * bytes, bytes, buf.data());
+    io::to_f32(dense_->dtype, buf.data(), out, static_cast<size_t>(width_));
+    return;
+  }
+  const int64_t kb = nbits_.kb();
+  const size_t qb = static_cast<size_t>(kb * nbits_.blob()), fb = static_cast<size_t>(kb) * 4,
+               zb = static_cast<size_t>(nbits_.zp_row());
+  std::vector<uint8_t> q(qb), zp(has_zp_ ? zb : 0);
+  std::vector<float> sc(static_cast<size_t>(kb)), mn(has_mins_ ? static_cast<size_t>(kb) : 0);
+  read_at(b_off_ + row * qb, qb, q.data());
+  read_at(s_off_ + row * fb, fb, reinterpret_cast<uint8_t*>(sc.data()));
+  if (has_zp_) read_at(z_off_ + row * zb, zb, zp.data());
+  if (has_mins_) read_at(m_off_ + row * fb, fb, reinterpret_cast<uint8_t*>(mn.data()));
+  graph::NBitsRef one = nbits_;
+  one.N = 1;
+  one.B = q.data();
+  one.scales = sc.data();
+  one.zp = has_zp_ ? zp.data() : nullptr;
+  one.mins = has_mins_ ? mn.data() : nullptr;
+  one.row_f32(0, out);
 }
 
 std::string EmbeddingTable::describe() const {
