@@ -22,6 +22,8 @@ Fixtures:
   qwen3-tiny       Qwen3ForCausalLM, head_dim 32 != hidden/heads, q_norm/k_norm, tied embeddings, fp32
   qwen2-tiny       Qwen2ForCausalLM, q/k/v bias, untied lm_head, fp32
   llama-tiny       LlamaForCausalLM, 1 KV head, llama3 rope scaling, untied, fp32, sharded safetensors
+  qwen3-hd40       Qwen3ForCausalLM, head_dim 40 (not a multiple of 16), tied, fp32, vocab 128
+  llama-hd72       LlamaForCausalLM, head_dim 72 (not a multiple of 16), untied, fp32, vocab 96
   qwen3-tiny-bf16  same config as qwen3-tiny (other seed), stored in bfloat16; references are computed
                    from the bf16 weights upcast to float32
 
@@ -128,6 +130,40 @@ LLAMA_CFG = dict(
     },
 )
 
+# head_dim not a multiple of 16 (target ort: rotary outside GroupQueryAttention), kept small
+# (< 300 KB per fixture): hidden 32, 2 heads, 1 KV head, vocab 128/96.
+QWEN3_HD40_CFG = dict(
+    hidden_size=32,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=40,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    vocab_size=128,
+    max_position_embeddings=128,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+LLAMA_HD72_CFG = dict(
+    hidden_size=32,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=72,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    vocab_size=96,
+    max_position_embeddings=128,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
 # name, config class, model class, config kwargs, seed, weight std, lm_head std, save dtype, max_shard_size,
 # config style under --config-style mixed
 FIXTURES = [
@@ -135,6 +171,8 @@ FIXTURES = [
     ("qwen2-tiny", Qwen2Config, Qwen2ForCausalLM, QWEN2_CFG, 1006, BODY_STD, HEAD_STD, torch.float32, None, "native"),
     ("llama-tiny", LlamaConfig, LlamaForCausalLM, LLAMA_CFG, 1003, BODY_STD, HEAD_STD, torch.float32, "100KB", "legacy"),
     ("qwen3-tiny-bf16", Qwen3Config, Qwen3ForCausalLM, QWEN3_CFG, 1004, BODY_STD, HEAD_STD, torch.bfloat16, None, "native"),
+    ("qwen3-hd40", Qwen3Config, Qwen3ForCausalLM, QWEN3_HD40_CFG, 1007, BODY_STD, HEAD_STD, torch.float32, None, "native"),
+    ("llama-hd72", LlamaConfig, LlamaForCausalLM, LLAMA_HD72_CFG, 1008, BODY_STD, HEAD_STD, torch.float32, None, "legacy"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "arch/blocks.h"
 #include "arch/tensor_names.h"
@@ -16,6 +17,12 @@ KvNames kv_names(Target t) {
   if (t == Target::Ort)  // the ONNX Runtime GenAI / optimum convention
     return {"past_key_values.%d.key", "past_key_values.%d.value", "present.%d.key", "present.%d.value"};
   return {"past_key_%d", "past_value_%d", "present_key_%d", "present_value_%d"};
+}
+
+bool ort_rotary_outside(const io::ModelConfig& c) { return c.head_dim % 16 != 0; }
+
+int64_t kv_head_dim(const io::ModelConfig& c, Target t) {
+  return t == Target::Ort ? (c.head_dim + 7) / 8 * 8 : c.head_dim;
 }
 
 std::string kv_name(const std::string& pattern, int64_t layer) {
@@ -54,6 +61,19 @@ struct DecoderEmitter {
     return t == n.dt ? n.weight(name, shape, [&] { return tab; }) : n.g.weight(name, t, shape, tab.data());
   }
 
+  // Rotate-half rotary on [.., D] with cos/sin broadcasting to [.., D/2].
+  std::string rope(const std::string& s, const std::string& x, const std::string& cos, const std::string& sin,
+                   const std::string& halves) {
+    auto& g = n.g;
+    const std::string h1 = s + "/Split/output_0", h2 = s + "/Split/output_1";
+    g.node("Split", s + "/Split", {x, halves}, {h1, h2}, {{"axis", -1}});
+    const std::string o1 =
+        g.op("Sub", s + "/Sub", {g.op("Mul", s + "/MulCos1", {h1, cos}), g.op("Mul", s + "/MulSin2", {h2, sin})});
+    const std::string o2 =
+        g.op("Add", s + "/Add", {g.op("Mul", s + "/MulCos2", {h2, cos}), g.op("Mul", s + "/MulSin1", {h1, sin})});
+    return g.op("Concat", s + "/Concat", {o1, o2}, {{"axis", -1}});
+  }
+
   std::string embeds_input() {
     n.g.input("inputs_embeds", n.dt, {Dim{"batch_size"}, Dim{"sequence_length"}, Dim{c.hidden_size}});
     n.g.input("attention_mask", io::DType::I64, {Dim{"batch_size"}, Dim{"total_sequence_length"}});
@@ -63,15 +83,16 @@ struct DecoderEmitter {
   void past_inputs(const KvNames& kv) {
     for (int64_t l = 0; l < c.num_layers; ++l)
       for (const auto& pat : {kv.past_key, kv.past_value})
-        n.g.input(kv_name(pat, l), opt.kv_dtype,
-                  {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{"past_sequence_length"}, Dim{c.head_dim}});
+        n.g.input(
+            kv_name(pat, l), opt.kv_dtype,
+            {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{"past_sequence_length"}, Dim{kv_head_dim(c, opt.target)}});
   }
 
   void present_outputs(const KvNames& kv, const std::string& seq_dim) {
     for (int64_t l = 0; l < c.num_layers; ++l)
       for (const auto& pat : {kv.present_key, kv.present_value})
         n.g.output(kv_name(pat, l), opt.kv_dtype,
-                   {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{seq_dim}, Dim{c.head_dim}});
+                   {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{seq_dim}, Dim{kv_head_dim(c, opt.target)}});
   }
 
   std::string input_norm(int64_t l, const std::string& x) {
@@ -154,8 +175,8 @@ struct DecoderEmitter {
         g.op("Concat", "/lm_head/OutShape", {bs, g.const_i64("/lm_head/vocab", {c.vocab_size})}, {{"axis", 0}});
     const std::string x2 = g.op("Reshape", "/lm_head/Flatten", {x, g.const_i64("/lm_head/flat", {-1, c.hidden_size})});
     std::string y;
-    const std::vector<graph::NBitsWeight> head = c.tie_word_embeddings ? std::vector<graph::NBitsWeight>{}
-                                                                       : w.nbits({kLmHead});
+    const std::vector<graph::NBitsWeight> head =
+        c.tie_word_embeddings ? std::vector<graph::NBitsWeight>{} : w.nbits({kLmHead});
     const bool table_as_is = !table.quantized() && table.dtype == n.dt;
     if (c.tie_word_embeddings && table.quantized() && !opt.tied_head_float) {
       const graph::NBitsNames nm = graph::nbits_initializers(g, kEmbedTokens, *table.nbits);
@@ -191,6 +212,97 @@ struct DecoderEmitter {
              {Dim{"batch_size"}, opt.all_logits ? Dim{"sequence_length"} : Dim{int64_t{1}}, Dim{c.vocab_size}});
   }
 
+  // ---- target ort, head_dim not a multiple of 16 ---------------------------------------
+  // ONNX Runtime's GroupQueryAttention CPU kernel takes cos/sin caches only for heads of a
+  // multiple of 16 ("head_size shall be a multiple of 16"), and any head of a multiple of 8
+  // without them. Such models get rotary here, on the real head_dim (rotate-half pairs i and
+  // i + D/2), at the positions the kernel's own rotary uses: s for a first prompt (S equal to
+  // total_sequence_length, every row from 0: right padding), else seqlens_k + 1 - S + s.
+  // Heads of no multiple of 8 are then padded with zeros to the next one: zero q/k columns
+  // leave q.k unchanged, zero v columns give zero output columns, sliced off before o_proj;
+  // the scale attribute keeps the real head_dim's.
+
+  // Shape constants of this path, made once.
+  std::map<std::string, std::string> own_consts;
+  std::string own_shape(const std::string& key) {
+    auto it = own_consts.find(key);
+    if (it != own_consts.end()) return it->second;
+    const int64_t D = c.head_dim, P = kv_head_dim(c, Target::Ort);
+    std::vector<int64_t> v;
+    if (key == "q_heads") v = {0, 0, c.num_heads, D};
+    if (key == "k_heads") v = {0, 0, c.num_kv_heads, D};
+    if (key == "q_flat") v = {0, 0, c.num_heads * P};
+    if (key == "k_flat") v = {0, 0, c.num_kv_heads * P};
+    if (key == "out_heads") v = {0, 0, c.num_heads, P};
+    if (key == "unpad_starts") v = {0};
+    if (key == "unpad_ends") v = {D};
+    if (key == "unpad_axes") v = {3};
+    if (key == "pads") v = {0, 0, 0, 0, 0, 0, 0, P - D};
+    if (key == "halves") v = {D / 2, D / 2};
+    if (v.empty()) throw Error("internal: no shape constant '" + key + "'");
+    return own_consts[key] = n.g.const_i64("/model/const/" + key, v);
+  }
+
+  // cos/sin [B, S, 1, D/2] of the model's dtype at each row's positions, global and local
+  // tables; `sum` = the mask's row sums (int64 [B]), `total` = its width (int64 scalar).
+  std::tuple<std::string, std::string, std::string, std::string> own_rotary_tables(const std::string& sum,
+                                                                                   const std::string& total) {
+    auto& g = n.g;
+    const std::string R = "/model/rotary";
+    const std::string S =
+        g.op("Gather", R + "/SeqLen",
+             {g.op("Shape", R + "/Shape", {"inputs_embeds"}), g.const_i64(R + "/seq_axis", {1}, true)}, {{"axis", 0}});
+    const std::string zero = g.const_scalar(R + "/zero", io::DType::I64, 0);
+    const std::string start =
+        g.op("Where", R + "/Start",
+             {g.op("Equal", R + "/FirstPrompt", {S, total}), zero, g.op("Sub", R + "/PastLength", {sum, S})});  // [B]
+    const std::string steps =
+        g.op("Range", R + "/Steps", {zero, S, g.const_scalar(R + "/one", io::DType::I64, 1)});  // [S]
+    const std::string pos = g.op("Add", R + "/Positions",
+                                 {g.op("Unsqueeze", R + "/StartCol", {start, g.const_i64(R + "/ax1", {1})}), steps});
+    const std::string ax2 = g.const_i64(R + "/ax2", {2});
+    auto at = [&](const std::string& s, const std::string& name, const std::vector<float>& tab) {
+      return g.op("Unsqueeze", s, {g.op("Gather", s + "/Gather", {rope_table(name, tab, n.dt), pos}), ax2});
+    };
+    std::string cos, sin, cos_l, sin_l;
+    if (c.has_global_layers()) {
+      cos = at(R + "/Cos", "model.rotary.cos_cache", cos_tab);
+      sin = at(R + "/Sin", "model.rotary.sin_cache", sin_tab);
+    }
+    if (c.has_local_layers()) {
+      cos_l = at("/model/rotary_local/Cos", "model.rotary_local.cos_cache", cos_local);
+      sin_l = at("/model/rotary_local/Sin", "model.rotary_local.sin_cache", sin_local);
+    }
+    return {cos, sin, cos_l, sin_l};
+  }
+
+  // q, k, v for GroupQueryAttention from the fused projection [b, s, Q + 2KV]: (q/k norms,)
+  // rotary, padding to the cache's head size, flattened to [b, s, heads * size].
+  std::vector<std::string> own_rotary_qkv(int64_t l, const std::string& qkv, const std::string& cos,
+                                          const std::string& sin) {
+    auto& g = n.g;
+    const std::string scope = layer_scope(l) + "/attn";
+    const bool pad = kv_head_dim(c, Target::Ort) != c.head_dim;
+    const auto parts = split_last(n, scope + "/qkv_proj", qkv, {c.q_dim(), c.kv_dim(), c.kv_dim()});
+    auto heads = [&](int i, const std::string& shape) {
+      if (c.qk_norm && i < 2) return head_norm(l, parts[i], i == 0, own_shape(shape), "");
+      return g.op("Reshape", scope + (i == 0 ? "/q" : i == 1 ? "/k" : "/v") + "/Heads", {parts[i], own_shape(shape)});
+    };
+    std::vector<std::string> out(3);
+    for (int i = 0; i < 3; ++i) {
+      if (i == 2 && !pad) {
+        out[i] = parts[2];
+        continue;
+      }
+      const std::string s = scope + (i == 0 ? "/q" : i == 1 ? "/k" : "/v");
+      std::string x = heads(i, i == 0 ? "q_heads" : "k_heads");
+      if (i < 2) x = rope(s + "_rotary", x, cos, sin, own_shape("halves"));
+      if (pad) x = g.op("Pad", s + "/PadHead", {x, own_shape("pads")});
+      out[i] = g.op("Reshape", s + "/Flat", {x, own_shape(i == 0 ? "q_flat" : "k_flat")});
+    }
+    return out;
+  }
+
   // ---- target ort: one graph, com.microsoft fused ops --------------------------------
   void emit_ort() {
     auto& g = n.g;
@@ -213,13 +325,18 @@ struct DecoderEmitter {
     // weights, q/k/v go in through Casts and the output comes back through one.
     const io::DType kv_t = opt.kv_dtype;
     const bool cast_kv = kv_t != n.dt;
+    // head_dim not a multiple of 16: rotary here, GroupQueryAttention without cos/sin caches
+    // (ONNX Runtime's CPU kernel rotates only heads of a multiple of 16); see own_rotary below.
+    const bool outside = ort_rotary_outside(c);
     // cos/sin caches by layer type (local layers: their own base, no scaling)
     std::string cos, sin, cos_l, sin_l;
-    if (c.has_global_layers()) {
+    if (outside) {
+      std::tie(cos, sin, cos_l, sin_l) = own_rotary_tables(rs, tl);
+    } else if (c.has_global_layers()) {
       cos = rope_table("model.rotary.cos_cache", cos_tab, kv_t);
       sin = rope_table("model.rotary.sin_cache", sin_tab, kv_t);
     }
-    if (c.has_local_layers()) {
+    if (!outside && c.has_local_layers()) {
       cos_l = rope_table("model.rotary_local.cos_cache", cos_local, kv_t);
       sin_l = rope_table("model.rotary_local.sin_cache", sin_local, kv_t);
     }
@@ -243,20 +360,25 @@ struct DecoderEmitter {
       const std::string scope = layer_scope(l) + "/attn";
       const std::string qkv = qkv_proj(l, x);
       std::vector<std::string> in;
-      if (c.qk_norm) {
+      const bool local = c.is_local(l);
+      if (outside) {
+        in = own_rotary_qkv(l, qkv, local ? cos_l : cos, local ? sin_l : sin);
+      } else if (c.qk_norm) {
         const auto parts = split_last(n, scope + "/qkv_proj", qkv, {c.q_dim(), c.kv_dim(), c.kv_dim()});
         in = {head_norm(l, parts[0], true, q_heads, q_flat), head_norm(l, parts[1], false, k_heads, k_flat), parts[2]};
       } else {
         in = {qkv, "", ""};  // packed QKV
       }
       for (size_t i = 0; i < 3; ++i) in[i] = to_kv(in[i], scope + "/CastKv_" + "qkv"[i]);
-      const bool local = c.is_local(l);
-      in.insert(in.end(), {kv_name(kv.past_key, l), kv_name(kv.past_value, l), seqlens, total, local ? cos_l : cos,
-                           local ? sin_l : sin});
+      in.insert(in.end(), {kv_name(kv.past_key, l), kv_name(kv.past_value, l), seqlens, total});
+      if (!outside) in.insert(in.end(), {local ? cos_l : cos, local ? sin_l : sin});
       const std::string gqa = scope + "/GroupQueryAttention";
-      std::vector<graph::Attr> attrs = {
-          {"num_heads", c.num_heads}, {"kv_num_heads", c.num_kv_heads}, {"do_rotary", 1}, {"rotary_interleaved", 0}};
-      if (c.query_pre_attn_scalar > 0) attrs.push_back({"scale", c.attention_scale()});
+      std::vector<graph::Attr> attrs = {{"num_heads", c.num_heads},
+                                        {"kv_num_heads", c.num_kv_heads},
+                                        {"do_rotary", outside ? 0 : 1},
+                                        {"rotary_interleaved", 0}};
+      // padded heads: the scale of the model's head_dim, not the padded one's
+      if (c.query_pre_attn_scalar > 0 || outside) attrs.push_back({"scale", c.attention_scale()});
       if (local) attrs.push_back({"local_window_size", gqa_local_window(c.sliding_window)});
       const auto outs =
           g.node("GroupQueryAttention", gqa, in,
@@ -266,7 +388,14 @@ struct DecoderEmitter {
       // With local_window_size set, ONNX Runtime 1.30's shape inference gives GroupQueryAttention's
       // output a last dimension o_proj's MatMul rejects at load time (layers after the first);
       // a Reshape to [b, s, heads * head_dim] restates the true shape.
-      if (local) attn = g.op("Reshape", scope + "/OutputShape", {attn, q_flat_shape()});
+      if (kv_head_dim(c, Target::Ort) != c.head_dim) {  // padded heads: their zero columns dropped
+        const std::string heads = g.op("Reshape", scope + "/OutputHeads", {attn, own_shape("out_heads")});
+        attn = g.op("Slice", scope + "/OutputUnpad",
+                    {heads, own_shape("unpad_starts"), own_shape("unpad_ends"), own_shape("unpad_axes")});
+        attn = g.op("Reshape", scope + "/OutputShape", {attn, q_flat_shape()});
+      } else if (local) {
+        attn = g.op("Reshape", scope + "/OutputShape", {attn, q_flat_shape()});
+      }
       const std::string o = o_proj(l, attn);
       std::tie(x, residual) = finish_layer(l, o, residual, /*fused=*/true);
       if (progress) progress(l + 1);
@@ -358,15 +487,7 @@ struct DecoderEmitter {
     auto bnsh = [&](const std::string& s, const std::string& x) {
       return g.op("Transpose", s + "/Transpose", {x}, {{"perm", std::vector<int64_t>{0, 2, 1, 3}}});
     };
-    auto rope = [&](const std::string& s, const std::string& x) {
-      const std::string h1 = s + "/Split/output_0", h2 = s + "/Split/output_1";
-      g.node("Split", s + "/Split", {x, halves}, {h1, h2}, {{"axis", -1}});
-      const std::string o1 =
-          g.op("Sub", s + "/Sub", {g.op("Mul", s + "/MulCos1", {h1, cos}), g.op("Mul", s + "/MulSin2", {h2, sin})});
-      const std::string o2 =
-          g.op("Add", s + "/Add", {g.op("Mul", s + "/MulCos2", {h2, cos}), g.op("Mul", s + "/MulSin1", {h1, sin})});
-      return g.op("Concat", s + "/Concat", {o1, o2}, {{"axis", -1}});
-    };
+    auto rope = [&](const std::string& s, const std::string& x) { return this->rope(s, x, cos, sin, halves); };
     std::string residual = embeds;
     std::string x = input_norm(0, embeds);
     for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -438,7 +559,7 @@ std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::
     g.metadata("kvrun.role", role);
     g.metadata("kvrun.architecture", cfg.architecture);
     DecoderEmitter e{cfg,     w,       opt,       table,     Net{g, opt.dtype, opt.target == Target::Ort},
-                     cos_tab, sin_tab, cos_local, sin_local, {}};
+                     cos_tab, sin_tab, cos_local, sin_local, {}, {}};
     e.progress = [&](int64_t l) {
       if (progress) progress(pass * cfg.num_layers + l, passes * cfg.num_layers);
     };
@@ -478,11 +599,12 @@ std::string gather_nbits_rows(GraphBuilder& g, const std::string& ids, const gra
   auto unpack4 = [&](const std::string& x, const std::string& s) {
     const std::string four = g.const_scalar(s + "/four", u8, 4);
     const std::string hi = g.op("BitShift", s + "/High", {x, four}, {{"direction", "RIGHT"}});
-    const std::string lo = g.op("Sub", s + "/Low", {x, g.op("BitShift", s + "/HighBack", {hi, four}, {{"direction", "LEFT"}})});
+    const std::string lo =
+        g.op("Sub", s + "/Low", {x, g.op("BitShift", s + "/HighBack", {hi, four}, {{"direction", "LEFT"}})});
     const std::string last = g.const_i64(s + "/last", {-1});
-    const std::string pair = g.op("Concat", s + "/Pair",
-                                  {g.op("Unsqueeze", s + "/LowU", {lo, last}), g.op("Unsqueeze", s + "/HighU", {hi, last})},
-                                  {{"axis", -1}});
+    const std::string pair =
+        g.op("Concat", s + "/Pair",
+             {g.op("Unsqueeze", s + "/LowU", {lo, last}), g.op("Unsqueeze", s + "/HighU", {hi, last})}, {{"axis", -1}});
     return g.op("Reshape", s + "/Codes", {pair, g.const_i64(s + "/codes_shape", {0, 0, 0, -1})});
   };
   std::string q = g.op("Gather", S + "/GatherCodes", {nm.B, ids}, {{"axis", 0}});  // [b, s, kb, blob]
@@ -503,17 +625,18 @@ std::string gather_nbits_rows(GraphBuilder& g, const std::string& ids, const gra
     }
     zp = g.op("Unsqueeze", S + "/zp/PerBlock", {g.op("Cast", S + "/zp/Float", {z}, {{"to", f32}}), last});
   }
-  const std::string scale =
-      g.op("Unsqueeze", S + "/scales/PerBlock", {g.op("Gather", S + "/GatherScales", {nm.scales, ids}, {{"axis", 0}}), last});
+  const std::string scale = g.op("Unsqueeze", S + "/scales/PerBlock",
+                                 {g.op("Gather", S + "/GatherScales", {nm.scales, ids}, {{"axis", 0}}), last});
   std::string v = g.op("Mul", S + "/BlockScale", {g.op("Sub", S + "/SubZeroPoint", {codes, zp}), scale});
   if (!nm.mins.empty()) {
-    const std::string mins =
-        g.op("Unsqueeze", S + "/mins/PerBlock", {g.op("Gather", S + "/GatherMins", {nm.mins, ids}, {{"axis", 0}}), last});
+    const std::string mins = g.op("Unsqueeze", S + "/mins/PerBlock",
+                                  {g.op("Gather", S + "/GatherMins", {nm.mins, ids}, {{"axis", 0}}), last});
     v = g.op("Sub", S + "/SubMin", {v, mins});
   }
   v = g.op("Reshape", S + "/Rows", {v, g.const_i64(S + "/rows_shape", {0, 0, -1})});
   if (w.kb() * w.block == w.K) return v;
-  return g.op("Slice", S + "/Trim", {v, g.const_i64(S + "/trim_start", {0}), g.const_i64(S + "/trim_end", {w.K}), last});
+  return g.op("Slice", S + "/Trim",
+              {v, g.const_i64(S + "/trim_start", {0}), g.const_i64(S + "/trim_end", {w.K}), last});
 }
 
 }  // namespace

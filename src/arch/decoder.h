@@ -50,6 +50,15 @@ struct KvNames {
   std::string past_key, past_value, present_key, present_value;
 };
 KvNames kv_names(Target t);
+// Head size of the KV cache (past/present) that a target's graphs hold: the model's head_dim,
+// except on target ort where it is not a multiple of 8 (GroupQueryAttention's CPU kernel needs
+// one): heads are padded with zeros to the next multiple of 8 there.
+int64_t kv_head_dim(const io::ModelConfig& c, Target t);
+// Whether target ort applies rotary itself, before GroupQueryAttention (which then gets no
+// cos/sin caches): when head_dim is not a multiple of 16, the size ONNX Runtime's CPU kernel
+// needs for its own rotary.
+bool ort_rotary_outside(const io::ModelConfig& c);
+
 // Expands a KvNames pattern ("present.%d.key") for one layer.
 std::string kv_name(const std::string& pattern, int64_t layer);
 

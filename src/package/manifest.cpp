@@ -41,7 +41,7 @@ json make_manifest(const ManifestInputs& in) {
       {"kv_cache",
        {{"layers", c.num_layers},
         {"kv_heads", c.num_kv_heads},
-        {"head_dim", c.head_dim},
+        {"head_dim", arch::kv_head_dim(c, in.target)},  // target ort pads heads to a multiple of 8
         {"layout", "batch,kv_heads,sequence,head_dim"},
         {"sequence_axis", 2},
         {"dtype", io::dtype_to_safetensors(in.kv_dtype)},

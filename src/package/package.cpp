@@ -196,10 +196,6 @@ json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::Mod
                      const io::GenerationConfig& gen, const io::TensorStore& store, const fs::path& files_dir,
                      std::vector<arch::GraphSignature>& graphs) {
   arch::check_checkpoint(store, cfg);
-  if (opt.target == "ort" && cfg.head_dim % 16 != 0)
-    throw Error("build: target ort uses ONNX Runtime's GroupQueryAttention, whose CPU kernel needs a head_dim that " +
-                std::string("is a multiple of 16; this model's head_dim is ") + std::to_string(cfg.head_dim) +
-                " (use --target portable)");
   const io::DType dt = opt.precision == "fp16" ? io::DType::F16 : io::DType::F32;  // int8/int4: fp32, then quantized
   const arch::Target target = opt.target == "ort" ? arch::Target::Ort : arch::Target::Portable;
   const int64_t max_len = opt.max_length > 0 ? opt.max_length : cfg.max_position_embeddings;

@@ -145,8 +145,9 @@ struct GqaKernel {
         args[part] = parts[part];
       }
     }
-    for (size_t i = 7; i < kGqaInputs; ++i)
-      if (!args[i]) throw Error("ai.kvrun GroupQueryAttention: cos_cache and sin_cache are required");
+    if (do_rotary)
+      for (size_t i = 7; i < kGqaInputs; ++i)
+        if (!args[i]) throw Error("ai.kvrun GroupQueryAttention: do_rotary needs cos_cache and sin_cache");
     OrtValue* results[3] = {out, pk, pv};
     ort_gqa.Invoke(raw, args, kGqaInputs, results, 3);
   }
@@ -189,14 +190,20 @@ struct GqaOp : Ort::CustomOpBase<GqaOp<F16>, GqaKernel, /*WithStatus=*/true> {
 };
 
 // Whether kvrun's kernel covers this node: float32 or float16 (judged from the past_key
-// graph input), every input of the nine present but a packed key/value, no attribute beyond
-// the ones it implements.
+// graph input), every input of the nine present but a packed key/value and, without
+// do_rotary, the cos/sin caches; no attribute beyond the ones it implements.
 bool covered(const onnx::NodeProto& n, const std::set<std::string>& float_inputs) {
-  if (n.op_type() != kGqa || n.domain() != "com.microsoft" || n.input_size() != static_cast<int>(kGqaInputs))
+  if (n.op_type() != kGqa || n.domain() != "com.microsoft" || n.input_size() < 7 ||
+      n.input_size() > static_cast<int>(kGqaInputs))
     return false;
-  for (int i : {0, 3, 4, 5, 6, 7, 8})
-    if (n.input(i).empty()) return false;
-  if (n.input(1).empty() != n.input(2).empty() || !float_inputs.count(n.input(3))) return false;
+  auto input = [&](int i) { return i < n.input_size() ? n.input(i) : std::string(); };
+  int64_t rotary = 0;
+  for (const auto& a : n.attribute())
+    if (a.name() == "do_rotary") rotary = a.i();
+  for (int i : {0, 3, 4, 5, 6})
+    if (input(i).empty()) return false;
+  if (input(7).empty() != input(8).empty() || (rotary && input(7).empty())) return false;
+  if (input(1).empty() != input(2).empty() || !float_inputs.count(input(3))) return false;
   for (const auto& a : n.attribute()) {
     const std::string& k = a.name();
     if (k == "num_heads" || k == "kv_num_heads" || k == "scale" || k == "do_rotary") continue;
@@ -243,7 +250,10 @@ std::optional<std::string> with_kvrun_attention(const fs::path& model) {
       float_inputs.insert(i.name());
   int moved = 0;
   for (auto& n : *m.mutable_graph()->mutable_node())
-    if (covered(n, float_inputs)) n.set_domain(kKvrunDomain), ++moved;
+    if (covered(n, float_inputs)) {
+      while (n.input_size() < static_cast<int>(kGqaInputs)) n.add_input("");  // absent cos/sin caches
+      n.set_domain(kKvrunDomain), ++moved;
+    }
   if (!moved) return std::nullopt;
   auto* op = m.add_opset_import();
   op->set_domain(kKvrunDomain);
