@@ -40,6 +40,7 @@ gemma3-270m-Q4_K_M $GEMMA_GGUF
 q06-F16            $MODELS/gguf/q06-F16.gguf
 q06-Q8_0           $MODELS/gguf/q06-Q8_0.gguf
 q06-Q4_0           $MODELS/gguf/q06-Q4_0.gguf
+q06-Q4_K_M         $MODELS/gguf/q06-Q4_K_M.gguf
 "
 
 JOBS=""
