@@ -31,8 +31,8 @@ struct BuildOptions {
   // file's own block types, exactly, as MatMulNBits; target ort) | "auto" (source for a
   // GGUF file, else fp32)
   std::string precision = "auto";
-  int64_t max_length = 0;            // positions covered (0: config max_position_embeddings)
-  bool all_logits = false;           // logits for every position, not only the last
+  int64_t max_length = 0;   // positions covered (0: config max_position_embeddings)
+  bool all_logits = false;  // logits for every position, not only the last
   // A chat template for the package: tokenizer_config.json (its chat_template) or a
   // .jinja file. Default: the checkpoint's own (tokenizer_config.json, chat_template.jinja,
   // a GGUF file's tokenizer.chat_template); a base model without one runs text as is.
@@ -46,7 +46,7 @@ struct BuildOptions {
   QuantSettings quant;     // --precision int8|int4: weight-only MatMulNBits (ort) / DequantizeLinear (portable int8)
   ProgressFn progress;
 
-  void validate() const;                  // throws kvrun::Error
+  void validate() const;  // throws kvrun::Error
   // "auto" decided for the checkpoint (source for a GGUF file, else fp32).
   std::string resolved_precision() const;
   std::string resolved_kv_dtype() const;  // "fp32" | "fp16" ("auto" decided)

@@ -90,9 +90,11 @@ std::string linear(Net& n, const std::string& scope, const std::string& x, const
 std::string linear_parts(Net& n, const std::string& scope, const std::string& x, const std::string& weight_name,
                          const std::vector<std::string>& parts, int64_t in, int64_t out, const WeightReader& w,
                          const Lazy& make_bias) {
-  const std::vector<graph::NBitsWeight> groups = n.dt == io::DType::F32 ? w.nbits(parts) : std::vector<graph::NBitsWeight>{};
+  const std::vector<graph::NBitsWeight> groups =
+      n.dt == io::DType::F32 ? w.nbits(parts) : std::vector<graph::NBitsWeight>{};
   if (groups.empty())
-    return linear(n, scope, x, weight_name, in, out, [&] { return w.transposed_concat(parts, in); }, make_bias);
+    return linear(
+        n, scope, x, weight_name, in, out, [&] { return w.transposed_concat(parts, in); }, make_bias);
   std::string base = weight_name;
   if (base.ends_with(".weight")) base.erase(base.size() - 7);
   std::vector<std::string> ys;

@@ -558,8 +558,8 @@ std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::
     GraphBuilder g(dir / file, "kvrun_" + role, std::move(opsets), data);
     g.metadata("kvrun.role", role);
     g.metadata("kvrun.architecture", cfg.architecture);
-    DecoderEmitter e{cfg,     w,       opt,       table,     Net{g, opt.dtype, opt.target == Target::Ort},
-                     cos_tab, sin_tab, cos_local, sin_local, {}, {}};
+    DecoderEmitter e{cfg,       w,         opt, table, Net{g, opt.dtype, opt.target == Target::Ort}, cos_tab, sin_tab,
+                     cos_local, sin_local, {},  {}};
     e.progress = [&](int64_t l) {
       if (progress) progress(pass * cfg.num_layers + l, passes * cfg.num_layers);
     };

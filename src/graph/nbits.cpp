@@ -173,8 +173,7 @@ void convert_row(io::GgmlType t, const uint8_t* src, int64_t K, RowOut out) {
 }  // namespace
 
 bool NBitsWeight::compatible(const NBitsWeight& o) const {
-  return bits == o.bits && block == o.block && K == o.K && zp.empty() == o.zp.empty() &&
-         mins.empty() == o.mins.empty();
+  return bits == o.bits && block == o.block && K == o.K && zp.empty() == o.zp.empty() && mins.empty() == o.mins.empty();
 }
 
 void NBitsWeight::append_rows(const NBitsWeight& o) {
@@ -264,7 +263,8 @@ NBitsWeight nbits_from_ggml(io::GgmlType type, const uint8_t* data, int64_t rows
   const int64_t row_bytes = K / tr->block_elems * tr->block_bytes;
   for (int64_t n = 0; n < rows; ++n) {
     const int64_t src = row_order.empty() ? n : row_order[static_cast<size_t>(n)];
-    if (src < 0 || src >= rows) throw Error("row order names row " + std::to_string(src) + " of " + std::to_string(rows));
+    if (src < 0 || src >= rows)
+      throw Error("row order names row " + std::to_string(src) + " of " + std::to_string(rows));
     convert_row(type, data + src * row_bytes, K, RowOut{w, n});
   }
   return w;
@@ -351,8 +351,7 @@ std::string nbits_matmul(GraphBuilder& g, const std::string& scope, const std::s
   // y -= BlockSum(x) . mins^T: x [..., K] -> [M, kb, block] -> sums [M, kb] -> Gemm(transB) [M, N].
   const std::string s = scope + "/BlockMins";
   if (w.K % w.block != 0) throw Error("block-sum correction needs K a multiple of the block size");
-  const std::string xb =
-      g.op("Reshape", s + "/Blocks", {x, g.const_i64(s + "/blocks_shape", {-1, w.kb(), w.block})});
+  const std::string xb = g.op("Reshape", s + "/Blocks", {x, g.const_i64(s + "/blocks_shape", {-1, w.kb(), w.block})});
   const std::string sums = g.op("ReduceSum", s + "/ReduceSum", {xb, g.const_i64(s + "/axes", {-1})}, {{"keepdims", 0}});
   const std::string corr = g.op("Gemm", s + "/Gemm", {sums, names.mins}, {{"transB", 1}});
   const std::string shaped = g.op("Reshape", s + "/Reshape", {corr, g.op("Shape", s + "/Shape", {y})});

@@ -41,10 +41,10 @@ struct NBitsWeight {
   int bits = 8;
   int64_t block = 32;
   int64_t N = 0, K = 0;
-  std::vector<uint8_t> B;      // [N, kb, blob]
-  std::vector<float> scales;   // [N, kb]
-  std::vector<uint8_t> zp;     // [N, zp_row] packed; empty: 2^(bits-1)
-  std::vector<float> mins;     // [N, kb]; empty: none
+  std::vector<uint8_t> B;     // [N, kb, blob]
+  std::vector<float> scales;  // [N, kb]
+  std::vector<uint8_t> zp;    // [N, zp_row] packed; empty: 2^(bits-1)
+  std::vector<float> mins;    // [N, kb]; empty: none
 
   int64_t kb() const { return (K + block - 1) / block; }
   int64_t blob() const { return block * bits / 8; }
@@ -56,7 +56,13 @@ struct NBitsWeight {
   // Rows [r0, r0 + n) as a new weight (same layout).
   NBitsWeight rows(int64_t r0, int64_t n) const;
   NBitsRef ref() const {
-    return {bits, block, N, K, B.data(), scales.data(), zp.empty() ? nullptr : zp.data(),
+    return {bits,
+            block,
+            N,
+            K,
+            B.data(),
+            scales.data(),
+            zp.empty() ? nullptr : zp.data(),
             mins.empty() ? nullptr : mins.data()};
   }
   void row_f32(int64_t n, float* out) const { ref().row_f32(n, out); }

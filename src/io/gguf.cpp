@@ -715,8 +715,8 @@ std::vector<int64_t> GgufFile::get_int_array(const std::string& key) const {
   std::vector<int64_t> out(v.elems.size());
   for (size_t i = 0; i < out.size(); ++i)
     if (!int_of(v.elems[i], &out[i]))
-      fail("metadata key " + sq(key) + "[" + std::to_string(i) +
-           "]: expected an integer that fits int64, found u64 " + std::to_string(v.elems[i].u));
+      fail("metadata key " + sq(key) + "[" + std::to_string(i) + "]: expected an integer that fits int64, found u64 " +
+           std::to_string(v.elems[i].u));
   return out;
 }
 

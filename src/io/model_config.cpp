@@ -302,8 +302,8 @@ std::vector<float> ModelConfig::inv_freq(bool local) const {
     for (auto& v : f) v = static_cast<float>(v / rope_scaling.factor);
   } else if (rope_scaling.type == "factors") {  // llama.cpp: theta_i / freq_factors[i]
     if (static_cast<int64_t>(rope_scaling.factors.size()) != half)
-      throw Error("rope_scaling has " + std::to_string(rope_scaling.factors.size()) + " factors, expected head_dim/2 = " +
-                  std::to_string(half));
+      throw Error("rope_scaling has " + std::to_string(rope_scaling.factors.size()) +
+                  " factors, expected head_dim/2 = " + std::to_string(half));
     for (int64_t i = 0; i < half; ++i) f[i] = static_cast<float>(f[i] / rope_scaling.factors[static_cast<size_t>(i)]);
   } else if (rope_scaling.type == "llama3") {
     // Same formula as transformers' _compute_llama3_parameters.

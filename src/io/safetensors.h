@@ -55,7 +55,9 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const TensorView* find(const std::string& name) const;
   // Byte offset of a tensor's data in the file (v must be one of this file's tensors).
-  uint64_t file_offset(const TensorView& v) const { return static_cast<uint64_t>(v.data - static_cast<const uint8_t*>(map_)); }
+  uint64_t file_offset(const TensorView& v) const {
+    return static_cast<uint64_t>(v.data - static_cast<const uint8_t*>(map_));
+  }
   // Tells the kernel reads will be scattered (row lookups in an embedding table): no
   // read-ahead, so each row brings in its own page rather than a window around it.
   void advise_random() const;

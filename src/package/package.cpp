@@ -34,8 +34,7 @@ void BuildOptions::validate() const {
   if (target != "ort" && target != "portable")
     throw Error("build: --target must be 'ort' or 'portable', found '" + target + "'");
   const std::string precision = resolved_precision();
-  if (precision != "fp32" && precision != "fp16" && precision != "int8" && precision != "int4" &&
-      precision != "source")
+  if (precision != "fp32" && precision != "fp16" && precision != "int8" && precision != "int4" && precision != "source")
     throw Error("build: --precision must be auto, fp32, fp16, int8, int4 or source, found '" + precision + "'");
   if (precision == "source" && !io::is_gguf_file(checkpoint))
     throw Error("build: --precision source keeps a GGUF file's quantization; " + checkpoint.string() +
@@ -148,18 +147,19 @@ arch::EmbeddingTable write_embedding_table(const fs::path& file, const io::Tenso
     q = graph::nbits_from_ggml(static_cast<io::GgmlType>(emb.ggml_type), emb.data, V, H);
   }
   if (!q) {
-    const uint64_t start = io::write_safetensors_streaming(
-        file, {{arch::kEmbedTokens, dt, emb.shape, nullptr}}, {{"format", "kvrun-embedding"}}, 4096,
-        [&](size_t, std::vector<uint8_t>& buf) {
-          const std::vector<float> f = emb.to_f32();
-          if (dt == io::DType::F32) {
-            std::memcpy(buf.data(), f.data(), buf.size());
-          } else {
-            auto* h = reinterpret_cast<uint16_t*>(buf.data());
-            const bool bf = dt == io::DType::BF16;
-            for (size_t i = 0; i < f.size(); ++i) h[i] = bf ? io::f32_to_bf16(f[i]) : io::f32_to_f16(f[i]);
-          }
-        });
+    const uint64_t start =
+        io::write_safetensors_streaming(file, {{arch::kEmbedTokens, dt, emb.shape, nullptr}},
+                                        {{"format", "kvrun-embedding"}}, 4096, [&](size_t, std::vector<uint8_t>& buf) {
+                                          const std::vector<float> f = emb.to_f32();
+                                          if (dt == io::DType::F32) {
+                                            std::memcpy(buf.data(), f.data(), buf.size());
+                                          } else {
+                                            auto* h = reinterpret_cast<uint16_t*>(buf.data());
+                                            const bool bf = dt == io::DType::BF16;
+                                            for (size_t i = 0; i < f.size(); ++i)
+                                              h[i] = bf ? io::f32_to_bf16(f[i]) : io::f32_to_f16(f[i]);
+                                          }
+                                        });
     t.entry = {fname, static_cast<int64_t>(start), V * H * static_cast<int64_t>(io::dtype_size(dt))};
     return t;
   }
@@ -209,9 +209,9 @@ json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::Mod
   // int8/int4: the table keeps 16 bits (the checkpoint's bf16, else fp16) for row lookups,
   // and a tied lm_head gets weights of its own, quantized with the other MatMuls.
   const bool quant_build = opt.precision == "int8" || opt.precision == "int4";
-  const io::DType table_dt = !quant_build                                          ? dt
+  const io::DType table_dt = !quant_build                                             ? dt
                              : store.get(arch::kEmbedTokens).dtype == io::DType::BF16 ? io::DType::BF16
-                                                                                    : io::DType::F16;
+                                                                                      : io::DType::F16;
   const arch::EmbeddingTable table =
       write_embedding_table(dir / "embedding.safetensors", store, table_dt, keep_quantized ? "source" : "float");
   progress("embedding", 1, 1);
@@ -223,8 +223,8 @@ json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::Mod
   dopt.keep_quantized = keep_quantized;
   dopt.accuracy_level = opt.quant.accuracy_level;
   dopt.tied_head_float = quant_build;
-  for (auto& s : arch::build_decoder(cfg, store, dopt, dir, table,
-                                     [&](int64_t d, int64_t t) { progress("decoder", d, t); }))
+  for (auto& s :
+       arch::build_decoder(cfg, store, dopt, dir, table, [&](int64_t d, int64_t t) { progress("decoder", d, t); }))
     graphs.push_back(std::move(s));
 
   // 3. tokenizer + config files (a GGUF file: its tokenizer keys in tokenizer.gguf, its

@@ -60,8 +60,8 @@ EmbeddingTable::EmbeddingTable(const std::filesystem::path& file, const std::str
   if (nbits_.K <= (kb - 1) * nbits_.block || nbits_.K > kb * nbits_.block)
     throw Error(file_ + ": quantized embedding table of " + std::to_string(nbits_.K) + " columns in " +
                 std::to_string(kb) + " blocks of " + std::to_string(nbits_.block));
-  if (B->shape[2] != nbits_.blob() || S->shape != std::vector<int64_t>{rows_, kb} ||
-      (M && M->shape != S->shape) || (Z && Z->shape != std::vector<int64_t>{rows_, nbits_.zp_row()}))
+  if (B->shape[2] != nbits_.blob() || S->shape != std::vector<int64_t>{rows_, kb} || (M && M->shape != S->shape) ||
+      (Z && Z->shape != std::vector<int64_t>{rows_, nbits_.zp_row()}))
     throw Error(file_ + ": the parts of quantized embedding table '" + tensor + "' disagree: qweight " +
                 io::shape_str(B->shape) + ", scales " + io::shape_str(S->shape) +
                 (Z ? ", zero_points " + io::shape_str(Z->shape) : "") + (M ? ", mins " + io::shape_str(M->shape) : ""));

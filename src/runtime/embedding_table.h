@@ -41,12 +41,11 @@ class EmbeddingTable {
   int fd_ = -1;
   const io::TensorView* dense_ = nullptr;
   uint64_t dense_off_ = 0;
-  graph::NBitsRef nbits_;                       // layout only (pointers unused)
+  graph::NBitsRef nbits_;                                   // layout only (pointers unused)
   uint64_t b_off_ = 0, s_off_ = 0, z_off_ = 0, m_off_ = 0;  // file offsets of the parts
   bool has_zp_ = false, has_mins_ = false;
   std::string file_;
   int64_t rows_ = 0, width_ = 0;
-
 };
 
 }  // namespace kvrun::runtime

@@ -174,8 +174,9 @@ class Engine : public Model {
   const Tokenizer& need_tokenizer() const {
     if (tok_) return *tok_;
     if (!tok_error_.empty()) throw Error("the model's tokenizer could not be loaded: " + tok_error_);
-    throw Error(dec_.source().dir.string() +
-                ": no tokenizer.json, tokenizer.model or tokenizer.gguf next to the model; give token ids instead of text");
+    throw Error(
+        dec_.source().dir.string() +
+        ": no tokenizer.json, tokenizer.model or tokenizer.gguf next to the model; give token ids instead of text");
   }
 
   Positions resolve(const Prompt& p) const {

@@ -59,7 +59,8 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const fs::path& path) {
     } else {
       std::string found;
       for (size_t i = 0; i < names.size() && i < 20; ++i) found += (i ? ", " : "") + names[i];
-      throw Error(path.string() + ": no tokenizer found: expected tokenizer.json, tokenizer.model or tokenizer.gguf (or one *.model " +
+      throw Error(path.string() +
+                  ": no tokenizer found: expected tokenizer.json, tokenizer.model or tokenizer.gguf (or one *.model " +
                   "SentencePiece file), found " + (names.empty() ? std::string("an empty folder") : "[" + found + "]"));
     }
   }

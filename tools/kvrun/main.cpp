@@ -57,9 +57,10 @@ int main(int argc, char** argv) {
   build->add_option("--exclude", bo.quant.exclude, "int8/int4: keep nodes/weights matching this regex in fp32");
   build->add_option("--max-length", bo.max_length,
                     "Longest sequence (prompt + generated) the graphs support; default: max_position_embeddings");
-  build->add_option("--chat-template", bo.chat_template,
-                    "Chat template for the package: a tokenizer_config.json (its chat_template) or a .jinja file "
-                    "(default: the checkpoint's own, e.g. a GGUF file's tokenizer.chat_template)")
+  build
+      ->add_option("--chat-template", bo.chat_template,
+                   "Chat template for the package: a tokenizer_config.json (its chat_template) or a .jinja file "
+                   "(default: the checkpoint's own, e.g. a GGUF file's tokenizer.chat_template)")
       ->check(CLI::ExistingFile);
   build->add_flag("--all-logits", bo.all_logits, "Return logits for every position (default: last position only)");
   build->add_flag("--overwrite", bo.overwrite, "Replace the output folder if it exists");
