@@ -295,17 +295,6 @@ TEST(GgufTokenizer, Gemma3TextStreamer) {
   EXPECT_EQ(all, "model\nÇa va? 😀");
 }
 
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& fragments) {
-  try {
-    f();
-    ADD_FAILURE() << "expected kvrun::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& frag : fragments)
-      EXPECT_NE(msg.find(frag), std::string::npos) << "missing '" << frag << "' in: " << msg;
-  }
-}
-
 TEST(GgufTokenizer, Errors) {
   const io::GgufFile f(gguf_tok_fixture("tiny.gguf"));
   const GgufVocab good = text::read_gguf_vocab(f);

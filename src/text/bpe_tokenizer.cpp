@@ -16,6 +16,7 @@
 #include "io/fs.h"
 #include "text/literal_trie.h"
 #include "text/regex.h"
+#include "text/str_map.h"
 #include "text/tokenizer_impl.h"
 #include "text/utf8.h"
 
@@ -23,13 +24,6 @@ namespace kvrun::text {
 namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-struct StrHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
-template <class V>
-using StrMap = std::unordered_map<std::string, V, StrHash, std::equal_to<>>;
 
 // ---- byte-level alphabet (GPT-2 bytes_to_unicode)
 struct ByteAlphabet {

@@ -10,6 +10,7 @@
 
 #include "io/gguf.h"
 #include "text/literal_trie.h"
+#include "text/str_map.h"
 #include "text/tokenizer_impl.h"
 #include "text/utf8.h"
 
@@ -18,11 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct StrHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
-using TokenMap = std::unordered_map<std::string, TokenId, StrHash, std::equal_to<>>;
+using TokenMap = StrMap<TokenId>;
 
 constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581 '▁'
 
