@@ -202,7 +202,8 @@ Command add_chat_command(CLI::App& app) {
   cmd->add_flag("--no-think", f->no_think, "enable_thinking=false for templates that know it (Qwen3)");
   return {cmd, [=]() -> int {
             auto m = f->load();
-            if (!m->tokenizer()) throw Error(f->model + ": chat needs a tokenizer (tokenizer.json or tokenizer.model)");
+            if (!m->tokenizer())
+              throw Error(f->model + ": chat needs a tokenizer (tokenizer.json, tokenizer.model or tokenizer.gguf)");
             auto seq = m->new_sequence();
             nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
             auto start = [&] {
@@ -210,6 +211,14 @@ Command add_chat_command(CLI::App& app) {
               if (!f->system.empty()) msgs.push_back({{"role", "system"}, {"content", f->system}});
             };
             start();
+            // A base model without a chat template (e.g. Gemma 3 270M from its GGUF) gets the
+            // conversation as plain text: each line continues what came before.
+            const bool plain = !m->info().chat_template;
+            std::string text;
+            if (plain)
+              std::fprintf(stderr,
+                           "kvrun: this model has no chat template (a base model): each line is continued as plain "
+                           "text\n");
             const bool tty = isatty(fileno(stdin));
             std::string line;
             for (;;) {
@@ -218,10 +227,20 @@ Command add_chat_command(CLI::App& app) {
               if (line == "/exit" || line == "/quit") break;
               if (line == "/reset") {
                 start();
+                text.clear();
                 seq->reset();
                 continue;
               }
               if (line.empty()) continue;
+              if (plain) {
+                text += (text.empty() ? "" : "\n") + line;
+                const GenerationResult r =
+                    seq->generate(Prompt().text(text, /*add_special_tokens=*/true), f->gen, print_piece);
+                std::printf("\n");
+                if (f->stats) print_stats(r.stats);
+                text += r.text;
+                continue;
+              }
               msgs.push_back({{"role", "user"}, {"content", line}});
               const std::string ctx = render_chat(*m, msgs, *f);
               const GenerationResult r = seq->generate(Prompt().text(ctx), f->gen, print_piece);
