@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
-#include <regex>
 
 #include "io/fs.h"
 #include "kvrun/error.h"
@@ -41,10 +40,13 @@ std::string hf_name(const std::string& gguf, const std::string& arch) {
                                                          {"output_norm.weight", "model.norm.weight"},
                                                          {"output.weight", "lm_head.weight"}};
   if (auto it = top.find(gguf); it != top.end()) return it->second;
-  static const std::regex blk(R"(blk\.(\d+)\.(\w+)\.(weight|bias))");
-  std::smatch m;
-  if (!std::regex_match(gguf, m, blk)) return "";
-  const std::string pre = "model.layers." + m[1].str() + ".", part = m[2].str(), kind = m[3].str();
+  // blk.<layer>.<part>.<weight|bias>
+  if (gguf.rfind("blk.", 0) != 0) return "";
+  const size_t d1 = gguf.find('.', 4), d2 = gguf.rfind('.');
+  if (d1 == std::string::npos || d1 == 4 || d2 <= d1 + 1) return "";
+  const std::string index = gguf.substr(4, d1 - 4), part = gguf.substr(d1 + 1, d2 - d1 - 1), kind = gguf.substr(d2 + 1);
+  if (index.find_first_not_of("0123456789") != std::string::npos || (kind != "weight" && kind != "bias")) return "";
+  const std::string pre = "model.layers." + index + ".";
   const bool gemma = arch == "gemma3";
   std::map<std::string, std::string> layer = {
       {"attn_norm", "input_layernorm"},
