@@ -69,6 +69,7 @@ struct EmbeddingTable {
   io::DType dtype = io::DType::F32;         // float tables: F32, F16 or BF16
   graph::ExternalData::Entry entry;         // float table bytes
   std::optional<graph::NBitsWeight> nbits;  // quantized table: layout only (vectors empty)
+  std::string quantization;                 // e.g. "Q8_0 as 8-bit block 32" (kvrun.json)
   std::map<std::string, graph::ExternalData::Entry> nbits_entries;
   bool quantized() const { return nbits.has_value(); }
   // Registers the table's bytes in `d` under their tensor names.

@@ -183,6 +183,7 @@ arch::EmbeddingTable write_embedding_table(const fs::path& file, const io::Tenso
     t.nbits_entries[tw.name] = {fname, off, n};
     off += n;
   }
+  t.quantization = io::ggml_type_name(static_cast<uint32_t>(emb.ggml_type)) + " as " + q->describe();
   graph::NBitsWeight layout = std::move(*q);
   layout.B.clear(), layout.scales.clear(), layout.zp.clear(), layout.mins.clear();
   t.nbits = std::move(layout);
@@ -263,7 +264,7 @@ json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::Mod
   manifest["embedding"]["dtype"] = io::dtype_to_safetensors(table.dtype);
   if (table.quantized()) {
     manifest["embedding"]["dtype"] = "U8";
-    manifest["embedding"]["quantization"] = table.nbits->describe() + " (MatMulNBits layout)";
+    manifest["embedding"]["quantization"] = table.quantization + " (MatMulNBits layout)";
   }
   io::write_text_file_atomic(dir / "kvrun.json", manifest.dump(2) + "\n");
 
