@@ -28,31 +28,9 @@ funasr-torch-fp32 asr_runner_funasr.py $ASR_DIR/nano
 sherpa-onnx-fp32 asr_runner_sherpa.py $ASR_DIR/sherpa --variant fp32
 sherpa-onnx-int8 asr_runner_sherpa.py $ASR_DIR/sherpa --variant int8
 "
-PASSES=${PASSES:-1}
-ran=() skipped=() failed=()
-for ((pass = 1; pass <= PASSES; pass++)); do
-while read -r name runner model extra; do
-  [[ -n $name ]] || continue
-  [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || continue
-  ((pass > 1)) || rm -f "$RESULTS/$name".json "$RESULTS/$name".pass*.json
-  out=$RESULTS/$name.json
-  ((PASSES == 1)) || out=$RESULTS/$name.pass$pass.json
-  echo "== $name ($model), pass $pass/$PASSES, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-  if [[ ! -e $model ]]; then
-    echo "skip: $model not built (bench/make-asr-models.sh)" >&2; skipped+=("$name"); continue
-  fi
-  rc=0
-  # shellcheck disable=SC2086
-  "$PY" "bench/$runner" "$model" "${CLIPS[@]}" $extra "${ARGS[@]}" >"$out.tmp" || rc=$?
-  if ((rc == 0)); then
-    mv "$out.tmp" "$out"; ran+=("$name")
-  elif ((rc == 3)); then
-    rm -f "$out.tmp"; skipped+=("$name")
-  else
-    rm -f "$out.tmp"; failed+=("$name"); echo "FAILED: $name (exit $rc)" >&2
-  fi
-done <<<"$JOBS"
-done
-echo "ran: ${ran[*]:-none}; skipped: ${skipped[*]:-none}; failed: ${failed[*]:-none}" >&2
-python3 bench/asr_table.py "$RESULTS" || true
-((${#failed[@]} == 0))
+PRE_ARGS=("${CLIPS[@]}")
+BUILD_HINT=bench/make-asr-models.sh
+TABLE=bench/asr_table.py
+source bench/jobs.sh
+run_jobs
+finish_jobs  # exit 1 when a job failed (skips are fine)
