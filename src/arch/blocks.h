@@ -35,7 +35,6 @@ class WeightReader {
   // one entry per run of consecutive names whose layouts can share one node; empty
   // unless keep_quantized and every name is stored in a type with an exact form.
   std::vector<graph::NBitsWeight> nbits(const std::vector<std::string>& names) const;
-  const io::TensorStore& store() const { return store_; }
 
  private:
   const io::TensorStore& store_;

@@ -185,22 +185,6 @@ void NBitsWeight::append_rows(const NBitsWeight& o) {
   N += o.N;
 }
 
-NBitsWeight NBitsWeight::rows(int64_t r0, int64_t n) const {
-  if (r0 < 0 || n < 0 || r0 + n > N) throw Error("MatMulNBits rows out of range");
-  NBitsWeight r = *this;
-  r.N = n;
-  auto cut = [&](auto& v, int64_t per_row) {
-    using V = std::decay_t<decltype(v)>;
-    if (v.empty()) return;
-    v = V(v.begin() + r0 * per_row, v.begin() + (r0 + n) * per_row);
-  };
-  cut(r.B, kb() * blob());
-  cut(r.scales, kb());
-  cut(r.zp, zp_row());
-  cut(r.mins, kb());
-  return r;
-}
-
 void NBitsRef::row_f32(int64_t n, float* out) const {
   const int64_t nb = kb(), bl = blob();
   for (int64_t b = 0; b < nb; ++b) {
@@ -250,22 +234,16 @@ bool ggml_has_nbits(uint32_t type) {
   }
 }
 
-NBitsWeight nbits_from_ggml(io::GgmlType type, const uint8_t* data, int64_t rows, int64_t K,
-                            const std::vector<int64_t>& row_order) {
+NBitsWeight nbits_from_ggml(io::GgmlType type, const uint8_t* data, int64_t rows, int64_t K) {
   const io::GgmlTypeTraits* tr = io::ggml_type_traits(static_cast<uint32_t>(type));
   if (!tr) throw Error("unknown GGUF type " + io::ggml_type_name(static_cast<uint32_t>(type)));
   if (K % tr->block_elems != 0)
     throw Error(std::string("a ") + tr->name + " row of " + std::to_string(K) + " elements is not a whole number of " +
                 std::to_string(tr->block_elems) + "-element blocks");
-  if (!row_order.empty() && static_cast<int64_t>(row_order.size()) != rows)
-    throw Error("row order has " + std::to_string(row_order.size()) + " entries for " + std::to_string(rows) + " rows");
   NBitsWeight w = layout_for(type, rows, K);
   const int64_t row_bytes = K / tr->block_elems * tr->block_bytes;
   for (int64_t n = 0; n < rows; ++n) {
-    const int64_t src = row_order.empty() ? n : row_order[static_cast<size_t>(n)];
-    if (src < 0 || src >= rows)
-      throw Error("row order names row " + std::to_string(src) + " of " + std::to_string(rows));
-    convert_row(type, data + src * row_bytes, K, RowOut{w, n});
+    convert_row(type, data + n * row_bytes, K, RowOut{w, n});
   }
   return w;
 }

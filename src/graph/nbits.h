@@ -53,8 +53,6 @@ struct NBitsWeight {
   bool compatible(const NBitsWeight& o) const;
   // Appends o's rows (o must be compatible).
   void append_rows(const NBitsWeight& o);
-  // Rows [r0, r0 + n) as a new weight (same layout).
-  NBitsWeight rows(int64_t r0, int64_t n) const;
   NBitsRef ref() const {
     return {bits,
             block,
@@ -67,16 +65,14 @@ struct NBitsWeight {
   }
   void row_f32(int64_t n, float* out) const { ref().row_f32(n, out); }
   std::vector<float> to_f32() const;  // [N, K]
-  uint64_t bytes() const { return B.size() + (scales.size() + mins.size()) * 4 + zp.size(); }
-  std::string describe() const;  // "8-bit block 32" (+ ", zero points", ", mins")
+  std::string describe() const;       // "8-bit block 32" (+ ", zero points", ", mins")
 };
 
 // True when `type` has an exact MatMulNBits form (quantized types above; not F32/F16/BF16).
 bool ggml_has_nbits(uint32_t type);
 // Rows of GGUF blocks (`rows` rows of K elements, K a multiple of the type's block) ->
-// MatMulNBits form, exactly. `row_order` (optional, size rows) picks source rows.
-NBitsWeight nbits_from_ggml(io::GgmlType type, const uint8_t* data, int64_t rows, int64_t K,
-                            const std::vector<int64_t>& row_order = {});
+// MatMulNBits form, exactly.
+NBitsWeight nbits_from_ggml(io::GgmlType type, const uint8_t* data, int64_t rows, int64_t K);
 
 // Blockwise quantization of float rows (w[n*sn + k*sk]): symmetric maps the element of
 // largest magnitude to code -2^(bits-1) (as MLAS and llama.cpp's Q4_0/Q8_0), asymmetric

@@ -117,9 +117,4 @@ void EmbeddingTable::row_f32(TokenId r, float* out) const {
   one.row_f32(0, out);
 }
 
-std::string EmbeddingTable::describe() const {
-  if (dense_) return io::dtype_name(dense_->dtype);
-  return std::to_string(nbits_.bits) + "-bit block " + std::to_string(nbits_.block) + " (MatMulNBits)";
-}
-
 }  // namespace kvrun::runtime

@@ -30,8 +30,6 @@ class EmbeddingTable {
   bool quantized() const { return nbits_.B != nullptr; }
   // Row r into out (width() floats); throws for r outside [0, rows()).
   void row_f32(TokenId r, float* out) const;
-  // "float32", "8-bit block 32 (MatMulNBits)", ... for messages.
-  std::string describe() const;
 
  private:
   // pread() `n` bytes at `offset` into out; throws naming the file on a short read.
