@@ -23,7 +23,8 @@ namespace fs = std::filesystem;
 // (accuracy_level 1), which must reproduce transformers' fp32 logits; it is slow (ORT
 // dequantizes 8-bit weights on every call), so it runs on the short prompts' first steps.
 // `default`: accuracy_level 4, where MatMulNBits quantizes activations to int8 per block
-// as llama.cpp does; measured within 0.8 of transformers' logits, so its greedy tokens
+// as llama.cpp does; measured within 1.05 of transformers' logits (0.8 when rotary read
+// cos/sin tables: activation rounding moves with noise that small), so its greedy tokens
 // are compared where the reference's top-two margin is at least 1.5. Both run
 // teacher-forced on the reference's greedy tokens.
 struct Case {
@@ -32,7 +33,7 @@ struct Case {
   size_t max_prompt, max_steps;
 };
 constexpr Case kExact{1, 2e-3, 0.01, 16, 4};
-constexpr Case kDefault{4, 1.0, 1.5, 1 << 20, 32};
+constexpr Case kDefault{4, 1.25, 1.5, 1 << 20, 32};
 
 const fs::path& gemma_package(int accuracy_level) {
   static TempDir dir;
@@ -101,13 +102,14 @@ TEST(Gemma3RealGguf, PackageFromTheFileAlone) {
     EXPECT_TRUE(fs::exists(pkg / f)) << f;
   const auto types = m.at("quantization").at("tensor_types");
   for (const char* t : {"Q5_0", "Q8_0", "Q4_K", "Q6_K"}) EXPECT_GT(types.value(t, 0), 0) << t;
-  // Package size against the GGUF file (MatMulNBits has no 5- or 6-bit codes and wants
-  // float32 scales, so Q5_0/Q6_K blocks take 8 bits and Q8_0 scales 4 bytes).
+  // Package size against the GGUF file: at most 1.25x (MatMulNBits has no 5- or 6-bit
+  // codes and wants float32 scales, so Q5_0/Q6_K blocks take 8 bits and Q8_0 scales 4
+  // bytes; measured 1.19x).
   uint64_t bytes = 0;
   for (const auto& e : fs::directory_iterator(pkg)) bytes += fs::file_size(e.path());
   const double ratio = static_cast<double>(bytes) / static_cast<double>(fs::file_size(gemma3_270m_gguf()));
   std::printf("[ gemma3-270m ] package %.1f MB, %.2fx the GGUF file\n", static_cast<double>(bytes) / 1e6, ratio);
-  EXPECT_LT(ratio, 1.5);
+  EXPECT_LE(ratio, 1.25);
 }
 
 TEST(Gemma3RealGguf, FloatComputeReproducesTransformers) {

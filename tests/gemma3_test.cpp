@@ -16,8 +16,10 @@
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "kvrun/build.h"
+#include "kvrun/runtime.h"
 #include "kvrun/verify.h"
 #include "reference/decoder_ref.h"
+#include "runtime/decoder.h"
 #include "runtime/ort_session.h"
 #include "runtime/package_model.h"
 #include "test_util.h"
@@ -185,6 +187,82 @@ TEST(Gemma3Golden, ChunkedPrefillPastTheWindow) {
     std::printf("[ gemma3-tiny %s fp32 ] chunked prefill: max |logit - HF| %.3g\n", target, worst);
     EXPECT_LE(worst, kFp32Tol) << target;
   }
+}
+
+// Target ort's local layers keep a bounded cache in the runtime's shared buffer: past the
+// window (8) their buffers stop at 2 * 8 - 1 rows while the global layers' grow, the oldest
+// rows are dropped, and the logits still equal transformers' at every step (a 26-token
+// prompt in one run, which the runtime splits into pieces of one window, then 31 single
+// steps). Truncating keeps what the local layers still hold, else starts over.
+TEST(Gemma3Runtime, LocalLayersKeepABoundedCache) {
+  const test::Golden g = test::load_golden(kFixture);
+  const std::vector<int64_t>& prompt = g.prompts[2];
+  std::vector<int64_t> seq = prompt;
+  seq.insert(seq.end(), g.greedy[2].begin(), g.greedy[2].end() - 1);
+  const std::vector<float> hf = g.continuation_logits(2);
+  runtime::Decoder dec(runtime::find_model(built_package(kFixture, "ort", "fp32")), {});
+  ASSERT_TRUE(dec.bounded_local());
+  EXPECT_EQ(dec.signature().sliding_window, 8);
+  const int64_t V = dec.vocab();
+  auto feed = [&](size_t a, size_t b) {
+    runtime::StepFeed f;
+    f.batch = 1, f.seq = static_cast<int64_t>(b - a);
+    f.ids.assign(seq.begin() + static_cast<int64_t>(a), seq.begin() + static_cast<int64_t>(b));
+    f.embeds = dec.embed(f.ids);
+    return f;
+  };
+  auto st = dec.new_state(1, 4);
+  std::vector<float> out;
+  double worst = 0;
+  dec.step(st, feed(0, prompt.size()), out);
+  worst = std::max(worst, max_abs_diff(out.data(), hf.data() + (prompt.size() - 1) * V, static_cast<size_t>(V)));
+  for (size_t i = prompt.size(); i < seq.size(); ++i) {
+    dec.step(st, feed(i, i + 1), out);
+    worst = std::max(worst, max_abs_diff(out.data(), hf.data() + i * V, static_cast<size_t>(V)));
+  }
+  std::printf(
+      "[ gemma3-tiny ort ] %zu positions, local cache %lld rows from position %lld, global %lld rows: "
+      "max |logit - HF| %.3g\n",
+      seq.size(), static_cast<long long>(st.local_capacity), static_cast<long long>(st.local_starts[0]),
+      static_cast<long long>(st.capacity), worst);
+  EXPECT_LE(worst, kFp32Tol);
+  EXPECT_EQ(st.lengths[0], static_cast<int64_t>(seq.size()));
+  EXPECT_EQ(st.local_capacity, 15);
+  EXPECT_GE(st.capacity, static_cast<int64_t>(seq.size()));
+  EXPECT_GT(st.local_starts[0], 0);
+  const auto& sig = dec.signature();
+  const size_t row = static_cast<size_t>(sig.kv_heads * sig.head_dim) * 4;
+  for (size_t l = 0; l < sig.layers.size(); ++l)
+    EXPECT_EQ(st.buffers[2 * l].size(), (sig.local_layer[l] ? 15 : static_cast<size_t>(st.capacity)) * row)
+        << "layer " << l;
+  // back to a length whose window the local buffers still hold, then one they do not
+  const int64_t held_from = st.local_starts[0] + 7;
+  EXPECT_EQ(dec.truncate(st, held_from), held_from);
+  dec.step(st, feed(static_cast<size_t>(held_from), static_cast<size_t>(held_from) + 1), out);
+  EXPECT_LE(max_abs_diff(out.data(), hf.data() + held_from * V, static_cast<size_t>(V)), kFp32Tol);
+  EXPECT_EQ(dec.truncate(st, 10), 0);
+  EXPECT_EQ(st.lengths[0], 0);
+  dec.step(st, feed(0, 11), out);
+  EXPECT_LE(max_abs_diff(out.data(), hf.data() + 10 * V, static_cast<size_t>(V)), kFp32Tol);
+}
+
+// A kept chat cache (Sequence) past the window: a second turn that shares only a prefix the
+// local layers have dropped runs from the start, and gives the tokens of a fresh model.
+TEST(Gemma3Runtime, SequenceRewindsPastDroppedRows) {
+  auto m = Model::load(built_package(kFixture, "ort", "fp32"));
+  const test::Golden g = test::load_golden(kFixture);
+  GenerationOptions o;
+  o.max_new_tokens = 12;
+  o.stop_at_eos = false;
+  auto ids = [](const std::vector<int64_t>& v) { return std::vector<TokenId>(v.begin(), v.end()); };
+  auto seq = m->new_sequence();
+  const auto first = seq->generate(Prompt().ids(ids(g.prompts[2])), o);
+  std::vector<int64_t> second(g.prompts[2].begin(), g.prompts[2].begin() + 5);
+  second.push_back(7);
+  const auto again = seq->generate(Prompt().ids(ids(second)), o);
+  EXPECT_EQ(again.stats.reused_tokens, 0);
+  EXPECT_EQ(again.tokens, m->generate(Prompt().ids(ids(second)), o).tokens);
+  EXPECT_EQ(first.tokens, std::vector<TokenId>(g.greedy[2].begin(), g.greedy[2].begin() + 12));
 }
 
 // The scale belongs to the lookup: embedding.onnx, PackageModel::embed and the reference

@@ -138,13 +138,16 @@ TEST(QuantTrained, PortableInt8) { check_trained("portable", "int8", 0.98, 5e-4)
 TEST(QuantTrained, OrtInt8Dynamic) { check_trained("ort", "int8-dynamic", 0.97, 1.5e-3); }
 TEST(QuantTrained, PortableInt8Dynamic) { check_trained("portable", "int8-dynamic", 0.97, 1.5e-3); }
 
-// kvrun verify (default prompt, 64 greedy tokens, 68 positions) accepts the trained fixture's
-// int8 and int4 packages by the argmax gate (the reference is not flat).
+// kvrun verify (default prompt) accepts the trained fixture's int8 and int4 packages by the
+// argmax gate (the reference is not flat). int8 is judged over 256 greedy tokens (260
+// positions): over 68 its 98% gate allows one flip, and where the reference's top two are
+// near-ties the count of flips moves with noise far below the quantization error (portable
+// int8: 1 flip before rotary was computed in the graph, 3 after, at the same mean KL 1.8e-4).
 TEST(QuantTrained, VerifyAcceptsInt8AndInt4) {
   for (const auto& [target, mode] :
        std::vector<std::pair<std::string, std::string>>{{"ort", "int8"}, {"ort", "int4"}, {"portable", "int8"}}) {
     const fs::path pkg = quantized_package("qwen3-trained", target, mode);
-    const CliResult r = run_cli({"verify", pkg.string(), "--greedy-tokens", "64", "--json"});
+    const CliResult r = run_cli({"verify", pkg.string(), "--greedy-tokens", mode == "int8" ? "256" : "64", "--json"});
     EXPECT_EQ(r.exit_code, 0) << target << " " << mode << "\n" << r.out;
     const auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
     std::printf("[ verify qwen3-trained %s %s ] argmax agreement %.1f%%, mean KL %.2e\n", mode.c_str(), target.c_str(),

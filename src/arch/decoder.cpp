@@ -1,5 +1,6 @@
 #include "arch/decoder.h"
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -18,8 +19,6 @@ KvNames kv_names(Target t) {
     return {"past_key_values.%d.key", "past_key_values.%d.value", "present.%d.key", "present.%d.value"};
   return {"past_key_%d", "past_value_%d", "present_key_%d", "present_value_%d"};
 }
-
-bool ort_rotary_outside(const io::ModelConfig& c) { return c.head_dim % 16 != 0; }
 
 int64_t kv_head_dim(const io::ModelConfig& c, Target t) {
   return t == Target::Ort ? (c.head_dim + 7) / 8 * 8 : c.head_dim;
@@ -52,13 +51,27 @@ struct DecoderEmitter {
   const DecoderBuildOptions& opt;
   const EmbeddingTable& table;
   Net n;
-  const std::vector<float>&cos_tab, &sin_tab;      // global layers (every layer without local ones)
-  const std::vector<float>&cos_local, &sin_local;  // local (sliding-window) layers
 
-  std::string rope_table(const std::string& name, const std::vector<float>& tab, io::DType t) {
-    const int64_t half = c.head_dim / 2;
-    const std::vector<int64_t> shape = {static_cast<int64_t>(tab.size()) / half, half};
-    return t == n.dt ? n.weight(name, shape, [&] { return tab; }) : n.g.weight(name, t, shape, tab.data());
+  // cos and sin of float(pos) * inv_freq (float32, as transformers computes them), of the
+  // graph's dtype, shaped like `pos` plus a last axis of head_dim / 2. Computed per run for
+  // the positions it feeds, so the graphs carry no tables (a table of every position the
+  // model reaches weighed 16 MB per layer type for Gemma 3 at 32k positions).
+  std::pair<std::string, std::string> rotary_cos_sin(const std::string& scope, const std::string& pos, bool local) {
+    auto& g = n.g;
+    const std::vector<float> f = c.inv_freq(local);
+    const std::string inv = g.weight(local ? "model.rotary_local.inv_freq" : "model.rotary.inv_freq", io::DType::F32,
+                                     {static_cast<int64_t>(f.size())}, f.data());
+    const std::string p =
+        g.op("Unsqueeze", scope + "/PositionColumn",
+             {g.op("Cast", scope + "/PositionsFloat", {pos}, {{"to", graph::onnx_elem_type(io::DType::F32)}}),
+              g.const_i64(scope + "/last_axis", {-1})});
+    const std::string angles = g.op("Mul", scope + "/Angles", {p, inv});
+    std::string cos = g.op("Cos", scope + "/Cos", {angles}), sin = g.op("Sin", scope + "/Sin", {angles});
+    if (n.dt != io::DType::F32) {
+      cos = g.op("Cast", scope + "/CosCast", {cos}, {{"to", graph::onnx_elem_type(n.dt)}});
+      sin = g.op("Cast", scope + "/SinCast", {sin}, {{"to", graph::onnx_elem_type(n.dt)}});
+    }
+    return {cos, sin};
   }
 
   // Rotate-half rotary on [.., D] with cos/sin broadcasting to [.., D/2].
@@ -80,19 +93,25 @@ struct DecoderEmitter {
     return "inputs_embeds";
   }
 
-  void past_inputs(const KvNames& kv) {
+  // Past KV inputs; with `local_dims`, local layers' sequence axis is named apart (their
+  // cache is bounded).
+  void past_inputs(const KvNames& kv, bool local_dims = false) {
     for (int64_t l = 0; l < c.num_layers; ++l)
       for (const auto& pat : {kv.past_key, kv.past_value})
-        n.g.input(
-            kv_name(pat, l), opt.kv_dtype,
-            {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{"past_sequence_length"}, Dim{kv_head_dim(c, opt.target)}});
+        n.g.input(kv_name(pat, l), opt.kv_dtype,
+                  {Dim{"batch_size"}, Dim{c.num_kv_heads},
+                   Dim{local_dims && c.is_local(l) ? "local_past_sequence_length" : "past_sequence_length"},
+                   Dim{kv_head_dim(c, opt.target)}});
   }
 
-  void present_outputs(const KvNames& kv, const std::string& seq_dim) {
+  void present_outputs(const KvNames& kv, const std::string& seq_dim, bool local_dims = false) {
+    std::string local_dim = "local_";
+    local_dim += seq_dim;
     for (int64_t l = 0; l < c.num_layers; ++l)
       for (const auto& pat : {kv.present_key, kv.present_value})
         n.g.output(kv_name(pat, l), opt.kv_dtype,
-                   {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{seq_dim}, Dim{kv_head_dim(c, opt.target)}});
+                   {Dim{"batch_size"}, Dim{c.num_kv_heads}, Dim{local_dims && c.is_local(l) ? local_dim : seq_dim},
+                    Dim{kv_head_dim(c, opt.target)}});
   }
 
   std::string input_norm(int64_t l, const std::string& x) {
@@ -212,173 +231,164 @@ struct DecoderEmitter {
              {Dim{"batch_size"}, opt.all_logits ? Dim{"sequence_length"} : Dim{int64_t{1}}, Dim{c.vocab_size}});
   }
 
-  // ---- target ort, head_dim not a multiple of 16 ---------------------------------------
-  // ONNX Runtime's GroupQueryAttention CPU kernel takes cos/sin caches only for heads of a
-  // multiple of 16 ("head_size shall be a multiple of 16"), and any head of a multiple of 8
-  // without them. Such models get rotary here, on the real head_dim (rotate-half pairs i and
-  // i + D/2), at the positions the kernel's own rotary uses: s for a first prompt (S equal to
-  // total_sequence_length, every row from 0: right padding), else seqlens_k + 1 - S + s.
-  // Heads of no multiple of 8 are then padded with zeros to the next one: zero q/k columns
-  // leave q.k unchanged, zero v columns give zero output columns, sliced off before o_proj;
-  // the scale attribute keeps the real head_dim's.
+  // ---- target ort: one graph, com.microsoft fused ops --------------------------------
+  // Rotary runs before GroupQueryAttention (com.microsoft RotaryEmbedding on q and k, with
+  // cos/sin of this run's positions only), never inside it: the kernel's own rotary wants
+  // cos/sin tables of every position the model reaches (16 MB per layer type for Gemma 3)
+  // and heads of a multiple of 16 ("head_size shall be a multiple of 16"), and the local
+  // layers' bounded cache holds rows that are not positions. Positions are the kernel's own:
+  // s for a first prompt (S equal to total_sequence_length, every row from 0: right
+  // padding), else sum(mask) - S + s.
+  // Heads of no multiple of 8 (GroupQueryAttention's CPU kernel needs one) are padded with
+  // zeros to the next one after rotary: zero q/k columns leave q.k unchanged, zero v columns
+  // give zero output columns, sliced off before o_proj; the scale attribute keeps the real
+  // head_dim's.
+  //
+  // Local (sliding-window) layers, when the model has them, keep a cache of their own
+  // length: local_attention_mask [batch, local_total] gives their seqlens_k and
+  // total_sequence_length, so the runtime can drop rows older than the window from their
+  // buffers (the graph's metadata names the layers and the window; see runtime/decoder.h).
 
-  // Shape constants of this path, made once.
-  std::map<std::string, std::string> own_consts;
-  std::string own_shape(const std::string& key) {
-    auto it = own_consts.find(key);
-    if (it != own_consts.end()) return it->second;
+  // Shape constants of this target, made once.
+  std::map<std::string, std::string> ort_consts;
+  std::string ort_shape(const std::string& key) {
+    auto it = ort_consts.find(key);
+    if (it != ort_consts.end()) return it->second;
     const int64_t D = c.head_dim, P = kv_head_dim(c, Target::Ort);
     std::vector<int64_t> v;
     if (key == "q_heads") v = {0, 0, c.num_heads, D};
     if (key == "k_heads") v = {0, 0, c.num_kv_heads, D};
-    if (key == "q_flat") v = {0, 0, c.num_heads * P};
-    if (key == "k_flat") v = {0, 0, c.num_kv_heads * P};
+    if (key == "q_flat") v = {0, 0, c.q_dim()};
+    if (key == "k_flat") v = {0, 0, c.kv_dim()};
+    if (key == "q_flat_padded") v = {0, 0, c.num_heads * P};
+    if (key == "k_flat_padded") v = {0, 0, c.num_kv_heads * P};
     if (key == "out_heads") v = {0, 0, c.num_heads, P};
     if (key == "unpad_starts") v = {0};
     if (key == "unpad_ends") v = {D};
     if (key == "unpad_axes") v = {3};
     if (key == "pads") v = {0, 0, 0, 0, 0, 0, 0, P - D};
-    if (key == "halves") v = {D / 2, D / 2};
+    if (key == "flat") v = {-1};
     if (v.empty()) throw Error("internal: no shape constant '" + key + "'");
-    return own_consts[key] = n.g.const_i64("/model/const/" + key, v);
+    return ort_consts[key] = n.g.const_i64("/model/const/" + key, v);
   }
 
-  // cos/sin [B, S, 1, D/2] of the model's dtype at each row's positions, global and local
-  // tables; `sum` = the mask's row sums (int64 [B]), `total` = its width (int64 scalar).
-  std::tuple<std::string, std::string, std::string, std::string> own_rotary_tables(const std::string& sum,
-                                                                                   const std::string& total) {
+  // seqlens_k (int32 [B], sum(mask) - 1), total_sequence_length (int32 scalar, the mask's
+  // width) and the int64 sum and width they come from.
+  std::array<std::string, 4> mask_lengths(const std::string& s, const std::string& mask) {
+    auto& g = n.g;
+    const auto i32 = graph::onnx_elem_type(io::DType::I32);
+    const std::string sum =
+        g.op("ReduceSum", s + "/ReduceSum", {mask, g.const_i64(s + "/axes", {1})}, {{"keepdims", 0}});
+    const std::string last = g.op("Sub", s + "/Sub", {sum, g.const_scalar(s + "/one", io::DType::I64, 1)});
+    const std::string width =
+        g.op("Gather", s + "/Gather", {g.op("Shape", s + "/Shape", {mask}), g.const_i64(s + "/index", {1}, true)},
+             {{"axis", 0}});
+    return {g.op("Cast", s + "/SeqlensK", {last}, {{"to", i32}}),
+            g.op("Cast", s + "/TotalSeqLen", {width}, {{"to", i32}}), sum, width};
+  }
+
+  // RotaryEmbedding's inputs for this run: ids [B, S] = 0..B*S-1 into cos/sin caches of
+  // the B*S rows' positions, global and local.
+  struct RotaryInputs {
+    std::string ids, cos, sin, cos_local, sin_local;
+  };
+  RotaryInputs rotary_inputs(const std::string& sum, const std::string& total) {
     auto& g = n.g;
     const std::string R = "/model/rotary";
     const std::string S =
         g.op("Gather", R + "/SeqLen",
              {g.op("Shape", R + "/Shape", {"inputs_embeds"}), g.const_i64(R + "/seq_axis", {1}, true)}, {{"axis", 0}});
     const std::string zero = g.const_scalar(R + "/zero", io::DType::I64, 0);
+    const std::string one = g.const_scalar(R + "/one", io::DType::I64, 1);
     const std::string start =
         g.op("Where", R + "/Start",
              {g.op("Equal", R + "/FirstPrompt", {S, total}), zero, g.op("Sub", R + "/PastLength", {sum, S})});  // [B]
-    const std::string steps =
-        g.op("Range", R + "/Steps", {zero, S, g.const_scalar(R + "/one", io::DType::I64, 1)});  // [S]
     const std::string pos = g.op("Add", R + "/Positions",
-                                 {g.op("Unsqueeze", R + "/StartCol", {start, g.const_i64(R + "/ax1", {1})}), steps});
-    const std::string ax2 = g.const_i64(R + "/ax2", {2});
-    auto at = [&](const std::string& s, const std::string& name, const std::vector<float>& tab) {
-      return g.op("Unsqueeze", s, {g.op("Gather", s + "/Gather", {rope_table(name, tab, n.dt), pos}), ax2});
-    };
-    std::string cos, sin, cos_l, sin_l;
-    if (c.has_global_layers()) {
-      cos = at(R + "/Cos", "model.rotary.cos_cache", cos_tab);
-      sin = at(R + "/Sin", "model.rotary.sin_cache", sin_tab);
-    }
-    if (c.has_local_layers()) {
-      cos_l = at("/model/rotary_local/Cos", "model.rotary_local.cos_cache", cos_local);
-      sin_l = at("/model/rotary_local/Sin", "model.rotary_local.sin_cache", sin_local);
-    }
-    return {cos, sin, cos_l, sin_l};
+                                 {g.op("Unsqueeze", R + "/StartCol", {start, g.const_i64(R + "/ax1", {1})}),
+                                  g.op("Range", R + "/Steps", {zero, S, one})});  // [B, S]
+    RotaryInputs r;
+    r.ids = g.op("Reshape", R + "/Ids",
+                 {g.op("Range", R + "/Rows", {zero, g.op("Size", R + "/Count", {pos}), one}),
+                  g.op("Shape", R + "/PosShape", {pos})});
+    const std::string flat = g.op("Reshape", R + "/FlatPositions", {pos, ort_shape("flat")});
+    if (c.has_global_layers()) std::tie(r.cos, r.sin) = rotary_cos_sin(R, flat, false);
+    if (c.has_local_layers()) std::tie(r.cos_local, r.sin_local) = rotary_cos_sin("/model/rotary_local", flat, true);
+    return r;
   }
 
-  // q, k, v for GroupQueryAttention from the fused projection [b, s, Q + 2KV]: (q/k norms,)
-  // rotary, padding to the cache's head size, flattened to [b, s, heads * size].
-  std::vector<std::string> own_rotary_qkv(int64_t l, const std::string& qkv, const std::string& cos,
-                                          const std::string& sin) {
+  // q, k, v [b, s, heads * size] for GroupQueryAttention from the fused projection
+  // [b, s, Q + 2KV]: (q/k norms,) rotary, zero padding to the cache's head size.
+  std::vector<std::string> attention_qkv(int64_t l, const std::string& qkv, const std::string& ids,
+                                         const std::string& cos, const std::string& sin) {
     auto& g = n.g;
     const std::string scope = layer_scope(l) + "/attn";
     const bool pad = kv_head_dim(c, Target::Ort) != c.head_dim;
     const auto parts = split_last(n, scope + "/qkv_proj", qkv, {c.q_dim(), c.kv_dim(), c.kv_dim()});
-    auto heads = [&](int i, const std::string& shape) {
-      if (c.qk_norm && i < 2) return head_norm(l, parts[i], i == 0, own_shape(shape), "");
-      return g.op("Reshape", scope + (i == 0 ? "/q" : i == 1 ? "/k" : "/v") + "/Heads", {parts[i], own_shape(shape)});
-    };
     std::vector<std::string> out(3);
     for (int i = 0; i < 3; ++i) {
-      if (i == 2 && !pad) {
-        out[i] = parts[2];
-        continue;
-      }
       const std::string s = scope + (i == 0 ? "/q" : i == 1 ? "/k" : "/v");
-      std::string x = heads(i, i == 0 ? "q_heads" : "k_heads");
-      if (i < 2) x = rope(s + "_rotary", x, cos, sin, own_shape("halves"));
-      if (pad) x = g.op("Pad", s + "/PadHead", {x, own_shape("pads")});
-      out[i] = g.op("Reshape", s + "/Flat", {x, own_shape(i == 0 ? "q_flat" : "k_flat")});
+      const std::string heads = i == 0 ? "q_heads" : "k_heads";
+      std::string x = parts[static_cast<size_t>(i)];
+      if (i < 2) {
+        if (c.qk_norm) x = head_norm(l, x, i == 0, ort_shape(heads), ort_shape(i == 0 ? "q_flat" : "k_flat"));
+        x = g.op("RotaryEmbedding", s + "_rotary/RotaryEmbedding", {x, ids, cos, sin},
+                 {{"interleaved", 0}, {"num_heads", i == 0 ? c.num_heads : c.num_kv_heads}}, "com.microsoft");
+      }
+      if (pad) {
+        x = g.op("Pad", s + "/PadHead", {g.op("Reshape", s + "/Heads", {x, ort_shape(heads)}), ort_shape("pads")});
+        x = g.op("Reshape", s + "/Flat", {x, ort_shape(i == 0 ? "q_flat_padded" : "k_flat_padded")});
+      }
+      out[static_cast<size_t>(i)] = x;
     }
     return out;
   }
 
-  // ---- target ort: one graph, com.microsoft fused ops --------------------------------
   void emit_ort() {
     auto& g = n.g;
     const KvNames kv = kv_names(Target::Ort);
     const std::string embeds = embeds_input();
-    past_inputs(kv);
-    // seqlens_k = sum(mask) - 1 (int32 [batch]); total_sequence_length = mask.shape[1] (int32 scalar)
-    const std::string rs = g.op("ReduceSum", "/model/attn_mask/ReduceSum",
-                                {"attention_mask", g.const_i64("/model/attn_mask/axes", {1})}, {{"keepdims", 0}});
-    const std::string sub =
-        g.op("Sub", "/model/attn_mask/Sub", {rs, g.const_scalar("/model/attn_mask/one", io::DType::I64, 1)});
-    const std::string seqlens =
-        g.op("Cast", "/model/attn_mask/SeqlensK", {sub}, {{"to", graph::onnx_elem_type(io::DType::I32)}});
-    const std::string shp = g.op("Shape", "/model/attn_mask/Shape", {"attention_mask"});
-    const std::string tl = g.op("Gather", "/model/attn_mask/Gather",
-                                {shp, g.const_i64("/model/attn_mask/index", {1}, true)}, {{"axis", 0}});
-    const std::string total =
-        g.op("Cast", "/model/attn_mask/TotalSeqLen", {tl}, {{"to", graph::onnx_elem_type(io::DType::I32)}});
+    const bool bounded = c.has_local_layers();
+    if (bounded) {
+      g.input("local_attention_mask", io::DType::I64, {Dim{"batch_size"}, Dim{"local_total_sequence_length"}});
+      std::string layers;
+      for (int64_t l = 0; l < c.num_layers; ++l)
+        if (c.is_local(l)) {
+          if (!layers.empty()) layers += ',';
+          layers += std::to_string(l);
+        }
+      g.metadata("kvrun.local_layers", layers);
+      g.metadata("kvrun.sliding_window", std::to_string(c.sliding_window));
+    }
+    past_inputs(kv, bounded);
+    const auto [seqlens, total, sum, width] = mask_lengths("/model/attn_mask", "attention_mask");
+    std::string seqlens_l, total_l;
+    if (bounded) {
+      const auto m = mask_lengths("/model/local_attn_mask", "local_attention_mask");
+      seqlens_l = m[0], total_l = m[1];
+    }
+    const RotaryInputs rot = rotary_inputs(sum, width);
     // GroupQueryAttention computes in its cache's dtype: with a float16 cache under float32
     // weights, q/k/v go in through Casts and the output comes back through one.
     const io::DType kv_t = opt.kv_dtype;
     const bool cast_kv = kv_t != n.dt;
-    // head_dim not a multiple of 16: rotary here, GroupQueryAttention without cos/sin caches
-    // (ONNX Runtime's CPU kernel rotates only heads of a multiple of 16); see own_rotary below.
-    const bool outside = ort_rotary_outside(c);
-    // cos/sin caches by layer type (local layers: their own base, no scaling)
-    std::string cos, sin, cos_l, sin_l;
-    if (outside) {
-      std::tie(cos, sin, cos_l, sin_l) = own_rotary_tables(rs, tl);
-    } else if (c.has_global_layers()) {
-      cos = rope_table("model.rotary.cos_cache", cos_tab, kv_t);
-      sin = rope_table("model.rotary.sin_cache", sin_tab, kv_t);
-    }
-    if (!outside && c.has_local_layers()) {
-      cos_l = rope_table("model.rotary_local.cos_cache", cos_local, kv_t);
-      sin_l = rope_table("model.rotary_local.sin_cache", sin_local, kv_t);
-    }
     auto to_kv = [&](const std::string& x, const std::string& name) {
-      return x.empty() || !cast_kv ? x : g.op("Cast", name, {x}, {{"to", graph::onnx_elem_type(kv_t)}});
+      return !cast_kv ? x : g.op("Cast", name, {x}, {{"to", graph::onnx_elem_type(kv_t)}});
     };
-    std::string q_heads, k_heads, q_flat, k_flat, q_flat_const;
-    auto q_flat_shape = [&] {
-      if (q_flat_const.empty()) q_flat_const = g.const_i64("/model/const/attn_out_shape", {0, 0, c.q_dim()});
-      return q_flat_const;
-    };
-    if (c.qk_norm) {
-      q_heads = g.const_i64("/model/const/q_heads_shape", {0, 0, c.num_heads, c.head_dim});
-      k_heads = g.const_i64("/model/const/k_heads_shape", {0, 0, c.num_kv_heads, c.head_dim});
-      q_flat = g.const_i64("/model/const/q_flat_shape", {0, 0, c.q_dim()});
-      k_flat = g.const_i64("/model/const/k_flat_shape", {0, 0, c.kv_dim()});
-    }
     std::string residual = embeds;
     std::string x = input_norm(0, embeds);
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const std::string scope = layer_scope(l) + "/attn";
-      const std::string qkv = qkv_proj(l, x);
-      std::vector<std::string> in;
       const bool local = c.is_local(l);
-      if (outside) {
-        in = own_rotary_qkv(l, qkv, local ? cos_l : cos, local ? sin_l : sin);
-      } else if (c.qk_norm) {
-        const auto parts = split_last(n, scope + "/qkv_proj", qkv, {c.q_dim(), c.kv_dim(), c.kv_dim()});
-        in = {head_norm(l, parts[0], true, q_heads, q_flat), head_norm(l, parts[1], false, k_heads, k_flat), parts[2]};
-      } else {
-        in = {qkv, "", ""};  // packed QKV
-      }
+      std::vector<std::string> in =
+          attention_qkv(l, qkv_proj(l, x), rot.ids, local ? rot.cos_local : rot.cos, local ? rot.sin_local : rot.sin);
       for (size_t i = 0; i < 3; ++i) in[i] = to_kv(in[i], scope + "/CastKv_" + "qkv"[i]);
-      in.insert(in.end(), {kv_name(kv.past_key, l), kv_name(kv.past_value, l), seqlens, total});
-      if (!outside) in.insert(in.end(), {local ? cos_l : cos, local ? sin_l : sin});
+      in.insert(in.end(), {kv_name(kv.past_key, l), kv_name(kv.past_value, l), local && bounded ? seqlens_l : seqlens,
+                           local && bounded ? total_l : total});
       const std::string gqa = scope + "/GroupQueryAttention";
       std::vector<graph::Attr> attrs = {{"num_heads", c.num_heads},
                                         {"kv_num_heads", c.num_kv_heads},
-                                        {"do_rotary", outside ? 0 : 1},
-                                        {"rotary_interleaved", 0}};
-      // padded heads: the scale of the model's head_dim, not the padded one's
-      if (c.query_pre_attn_scalar > 0 || outside) attrs.push_back({"scale", c.attention_scale()});
+                                        {"do_rotary", 0},
+                                        {"scale", c.attention_scale()}};
       if (local) attrs.push_back({"local_window_size", gqa_local_window(c.sliding_window)});
       const auto outs =
           g.node("GroupQueryAttention", gqa, in,
@@ -389,19 +399,19 @@ struct DecoderEmitter {
       // output a last dimension o_proj's MatMul rejects at load time (layers after the first);
       // a Reshape to [b, s, heads * head_dim] restates the true shape.
       if (kv_head_dim(c, Target::Ort) != c.head_dim) {  // padded heads: their zero columns dropped
-        const std::string heads = g.op("Reshape", scope + "/OutputHeads", {attn, own_shape("out_heads")});
+        const std::string heads = g.op("Reshape", scope + "/OutputHeads", {attn, ort_shape("out_heads")});
         attn = g.op("Slice", scope + "/OutputUnpad",
-                    {heads, own_shape("unpad_starts"), own_shape("unpad_ends"), own_shape("unpad_axes")});
-        attn = g.op("Reshape", scope + "/OutputShape", {attn, q_flat_shape()});
+                    {heads, ort_shape("unpad_starts"), ort_shape("unpad_ends"), ort_shape("unpad_axes")});
+        attn = g.op("Reshape", scope + "/OutputShape", {attn, ort_shape("q_flat")});
       } else if (local) {
-        attn = g.op("Reshape", scope + "/OutputShape", {attn, q_flat_shape()});
+        attn = g.op("Reshape", scope + "/OutputShape", {attn, ort_shape("q_flat")});
       }
       const std::string o = o_proj(l, attn);
       std::tie(x, residual) = finish_layer(l, o, residual, /*fused=*/true);
       if (progress) progress(l + 1);
     }
     lm_head(x);
-    present_outputs(kv, "present_sequence_length");
+    present_outputs(kv, "present_sequence_length", bounded);
   }
 
   // ---- target portable: opset-17 standard ops -----------------------------------------
@@ -428,24 +438,14 @@ struct DecoderEmitter {
                                  {pm, neg_seq, g.const_i64(P + "/end", {kInt64Max}), g.const_i64(P + "/axes1", {1})});
     const std::string unsq1 = g.const_i64(P + "/unsq1", {1});
     // cos/sin [b, 1, s, D/2] by layer type (local layers: their own base, no scaling)
-    auto rotary = [&](const std::string& scope, const std::string& table, const std::vector<float>& tab) {
-      return g.op("Unsqueeze", scope, {g.op("Gather", scope + "/Gather", {rope_table(table, tab, n.dt), pos}), unsq1});
-    };
     std::string cos_g, sin_g, cos_l, sin_l;
-    if (c.has_global_layers()) {
-      cos_g =
-          g.op("Unsqueeze", "/model/rotary/Cos",
-               {g.op("Gather", "/model/rotary/GatherCos", {rope_table("model.rotary.cos_cache", cos_tab, n.dt), pos}),
-                unsq1});
-      sin_g =
-          g.op("Unsqueeze", "/model/rotary/Sin",
-               {g.op("Gather", "/model/rotary/GatherSin", {rope_table("model.rotary.sin_cache", sin_tab, n.dt), pos}),
-                unsq1});
-    }
-    if (c.has_local_layers()) {
-      cos_l = rotary("/model/rotary_local/Cos", "model.rotary_local.cos_cache", cos_local);
-      sin_l = rotary("/model/rotary_local/Sin", "model.rotary_local.sin_cache", sin_local);
-    }
+    auto rotary = [&](const std::string& scope, bool local) {
+      auto [cs, sn] = rotary_cos_sin(scope, pos, local);
+      return std::pair{g.op("Unsqueeze", scope + "/CosHeads", {cs, unsq1}),
+                       g.op("Unsqueeze", scope + "/SinHeads", {sn, unsq1})};
+    };
+    if (c.has_global_layers()) std::tie(cos_g, sin_g) = rotary("/model/rotary", false);
+    if (c.has_local_layers()) std::tie(cos_l, sin_l) = rotary("/model/rotary_local", true);
     std::string cos, sin;  // the current layer's
     // additive mask [b, 1, 1, s, T] (fp32): key j visible to query i iff j <= past + i and mask[j] == 1
     const std::string M = "/model/mask";
@@ -542,13 +542,9 @@ std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::
     throw Error("decoder graphs are built in F32 or F16 (quantization is a separate pass)");
   if (opt.kv_dtype != opt.dtype && (opt.target != Target::Ort || opt.kv_dtype != io::DType::F16))
     throw Error("a KV cache dtype other than the weights' is float16 under float32 weights, target ort only");
-  const int64_t max_len = opt.max_length > 0 ? opt.max_length : cfg.max_position_embeddings;
   WeightReader w(store, cfg.norm_weight_offset);
   w.keep_quantized = opt.keep_quantized;
   w.accuracy_level = opt.accuracy_level;
-  std::vector<float> cos_tab, sin_tab, cos_local, sin_local;
-  if (cfg.has_global_layers()) cfg.rope_tables(max_len, cos_tab, sin_tab);
-  if (cfg.has_local_layers()) cfg.rope_tables(max_len, cos_local, sin_local, /*local=*/true);
   auto data = std::make_shared<graph::ExternalData>(dir / "decoder.onnx.data");
   table.alias_into(*data);
   std::vector<GraphSignature> sigs;
@@ -558,8 +554,7 @@ std::vector<GraphSignature> build_decoder(const io::ModelConfig& cfg, const io::
     GraphBuilder g(dir / file, "kvrun_" + role, std::move(opsets), data);
     g.metadata("kvrun.role", role);
     g.metadata("kvrun.architecture", cfg.architecture);
-    DecoderEmitter e{cfg,       w,         opt, table, Net{g, opt.dtype, opt.target == Target::Ort}, cos_tab, sin_tab,
-                     cos_local, sin_local, {},  {}};
+    DecoderEmitter e{cfg, w, opt, table, Net{g, opt.dtype, opt.target == Target::Ort}, {}, {}};
     e.progress = [&](int64_t l) {
       if (progress) progress(pass * cfg.num_layers + l, passes * cfg.num_layers);
     };

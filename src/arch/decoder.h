@@ -1,7 +1,9 @@
 // Decoder-only LLM graphs (Llama, Qwen2, Qwen3) for two targets:
 //   Ort:      one graph for prefill and decode with com.microsoft fused ops
-//             (GroupQueryAttention with rotary inside, SkipSimplifiedLayerNormalization,
-//             fused QKV and gate/up), past/present able to share one buffer.
+//             (RotaryEmbedding, GroupQueryAttention, SkipSimplifiedLayerNormalization,
+//             fused QKV and gate/up), past/present able to share one buffer; local
+//             (sliding-window) layers take their own mask, local_attention_mask, so their
+//             cache can stay bounded.
 //   Portable: opset-17 standard ops only, prefill.onnx + decode.onnx, causal mask
 //             and positions computed inside the graph from attention_mask.
 // Both take `inputs_embeds`; the embedding table lives in embedding.safetensors.
@@ -26,7 +28,6 @@ enum class Target { Ort, Portable };
 struct DecoderBuildOptions {
   Target target = Target::Ort;
   io::DType dtype = io::DType::F32;  // weights, activations and KV cache (F32 or F16)
-  int64_t max_length = 0;            // positions covered by the rotary tables
   bool all_logits = false;           // logits for every position instead of the last
   // KV cache (past/present) dtype; F16 under F32 weights: target Ort only, with Casts
   // around GroupQueryAttention (which then runs in float16).
@@ -54,10 +55,6 @@ KvNames kv_names(Target t);
 // except on target ort where it is not a multiple of 8 (GroupQueryAttention's CPU kernel needs
 // one): heads are padded with zeros to the next multiple of 8 there.
 int64_t kv_head_dim(const io::ModelConfig& c, Target t);
-// Whether target ort applies rotary itself, before GroupQueryAttention (which then gets no
-// cos/sin caches): when head_dim is not a multiple of 16, the size ONNX Runtime's CPU kernel
-// needs for its own rotary.
-bool ort_rotary_outside(const io::ModelConfig& c);
 
 // Expands a KvNames pattern ("present.%d.key") for one layer.
 std::string kv_name(const std::string& pattern, int64_t layer);

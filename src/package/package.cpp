@@ -220,7 +220,7 @@ json build_llm_parts(const fs::path& dir, const BuildOptions& opt, const io::Mod
   // 2. graphs
   graphs.push_back(arch::build_embedding_graph(cfg, dt, dir, table));
   const io::DType kv_dt = opt.resolved_kv_dtype() == "fp16" ? io::DType::F16 : io::DType::F32;
-  arch::DecoderBuildOptions dopt{target, dt, max_len, opt.all_logits, kv_dt};
+  arch::DecoderBuildOptions dopt{target, dt, opt.all_logits, kv_dt};
   dopt.keep_quantized = keep_quantized;
   dopt.accuracy_level = opt.quant.accuracy_level;
   dopt.tied_head_float = quant_build;

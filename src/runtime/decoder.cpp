@@ -208,6 +208,10 @@ void Decoder::probe_seq_axis() {
       bufs.push_back(index_buf(std::vector<int64_t>(static_cast<size_t>(n), 1), {1, n}, sig.mask_dtype));
       names.push_back(sig.mask_input);
     }
+    if (!sig.local_mask_input.empty()) {
+      bufs.push_back(index_buf(std::vector<int64_t>(static_cast<size_t>(n), 1), {1, n}, sig.local_mask_dtype));
+      names.push_back(sig.local_mask_input);
+    }
     if (!sig.position_input.empty()) {
       bufs.push_back(
           index_buf(n == 1 ? std::vector<int64_t>{0} : std::vector<int64_t>{0, 1}, {1, n}, sig.position_dtype));
@@ -291,6 +295,7 @@ Decoder::State Decoder::new_state(int64_t batch, int64_t capacity) const {
   State st;
   st.batch = batch;
   st.lengths.assign(static_cast<size_t>(batch), 0);
+  st.local_starts.assign(static_cast<size_t>(batch), 0);
   if (shared_) reserve(st, std::max<int64_t>(capacity, 1));
   if (kv_delta()) {
     // The graph fixes the cache length: every buffer has all max_total_len rows.
@@ -304,39 +309,82 @@ Decoder::State Decoder::new_state(int64_t batch, int64_t capacity) const {
 
 void Decoder::reserve(State& st, int64_t need) const {
   if (kv_delta() && need > st.capacity) throw Error(too_long(need));
-  if (!shared_ || need <= st.capacity) return;
-  if (src_.max_length > 0 && need > src_.max_length)
-    throw Error("sequence of " + std::to_string(need) + " positions exceeds the model's max length " +
-                std::to_string(src_.max_length));
-  int64_t cap = std::max(need, st.capacity * 2);
-  if (src_.max_length > 0) cap = std::min(cap, src_.max_length);
-  const int64_t H = step_sig_.kv_heads, D = step_sig_.head_dim, B = st.batch;
-  const size_t es = io::dtype_size(step_sig_.kv_dtype);
-  const size_t old_row = static_cast<size_t>(st.capacity * D) * es, new_row = static_cast<size_t>(cap * D) * es;
-  const size_t n = 2 * step_sig_.layers.size();
-  std::vector<std::vector<uint8_t>> nb(n);
-  for (size_t i = 0; i < n; ++i) {
-    nb[i].assign(static_cast<size_t>(B * H) * new_row, 0);
-    if (!st.buffers.empty())
-      for (int64_t r = 0; r < B * H; ++r)
-        std::memcpy(nb[i].data() + static_cast<size_t>(r) * new_row,
-                    st.buffers[i].data() + static_cast<size_t>(r) * old_row, old_row);
+  if (!shared_) return;
+  if (need > st.capacity) {
+    if (src_.max_length > 0 && need > src_.max_length)
+      throw Error("sequence of " + std::to_string(need) + " positions exceeds the model's max length " +
+                  std::to_string(src_.max_length));
+    int64_t cap = std::max(need, st.capacity * 2);
+    if (src_.max_length > 0) cap = std::min(cap, src_.max_length);
+    grow(st, false, cap);
+    st.capacity = cap;
   }
-  st.buffers = std::move(nb);
-  st.capacity = cap;
+  if (bounded_local()) {
+    // window - 1 rows kept plus a piece of at most one window
+    const int64_t limit = 2 * step_sig_.sliding_window - 1;
+    const int64_t cap = std::min(std::max(need, st.local_capacity * 2), limit);
+    if (cap > st.local_capacity) {
+      grow(st, true, cap);
+      st.local_capacity = cap;
+    }
+  }
 }
 
-void Decoder::truncate(State& st, int64_t length) const {
+void Decoder::grow(State& st, bool local, int64_t cap) const {
+  const int64_t H = step_sig_.kv_heads, D = step_sig_.head_dim, B = st.batch;
+  const int64_t old_cap = local ? st.local_capacity : st.capacity;
+  const size_t es = io::dtype_size(step_sig_.kv_dtype);
+  const size_t old_row = static_cast<size_t>(old_cap * D) * es, new_row = static_cast<size_t>(cap * D) * es;
+  st.buffers.resize(2 * step_sig_.layers.size());
+  for (size_t i = 0; i < st.buffers.size(); ++i) {
+    if (is_local(i / 2) != local) continue;
+    std::vector<uint8_t> nb(static_cast<size_t>(B * H) * new_row, 0);
+    if (!st.buffers[i].empty())
+      for (int64_t r = 0; r < B * H; ++r)
+        std::memcpy(nb.data() + static_cast<size_t>(r) * new_row,
+                    st.buffers[i].data() + static_cast<size_t>(r) * old_row, old_row);
+    st.buffers[i] = std::move(nb);
+  }
+}
+
+void Decoder::make_local_room(State& st, int64_t row, int64_t seq) const {
+  const auto r = static_cast<size_t>(row);
+  const int64_t held = st.lengths[r] - st.local_starts[r];
+  if (held + seq <= st.local_capacity) return;
+  const int64_t keep = std::min(held, step_sig_.sliding_window - 1), drop = held - keep;
+  if (keep + seq > st.local_capacity)
+    throw Error("internal: " + std::to_string(seq) + " positions do not fit the local cache of " +
+                std::to_string(st.local_capacity) + " rows");
+  const int64_t H = step_sig_.kv_heads;
+  const size_t es = io::dtype_size(step_sig_.kv_dtype), pos_bytes = static_cast<size_t>(step_sig_.head_dim) * es;
+  const size_t head_bytes = static_cast<size_t>(st.local_capacity) * pos_bytes;
+  for (size_t i = 0; i < st.buffers.size(); ++i) {
+    if (!is_local(i / 2)) continue;
+    for (int64_t h = 0; h < H; ++h) {
+      uint8_t* p = st.buffers[i].data() + static_cast<size_t>(row * H + h) * head_bytes;
+      std::memmove(p, p + static_cast<size_t>(drop) * pos_bytes, static_cast<size_t>(keep) * pos_bytes);
+    }
+  }
+  st.local_starts[r] += drop;
+}
+
+int64_t Decoder::truncate(State& st, int64_t length) const {
   if (st.batch != 1) throw Error("truncate: batch-1 states only");
-  if (length >= st.lengths[0]) return;
+  if (length >= st.lengths[0]) return st.lengths[0];
   if (shared_ || kv_delta()) {
+    // Local layers need the window - 1 positions before `length`; dropped ones cannot return.
+    if (bounded_local() && (length == 0 || length - (step_sig_.sliding_window - 1) < st.local_starts[0]))
+      length = 0, st.local_starts[0] = 0;
     st.lengths[0] = length;
-    return;
+    return length;
   }
   // Chain: copy the first `length` positions of each past into new tensors.
   if (length == 0) {
-    st = State{1, {0}, 0, {}, 0, {}, {}};
-    return;
+    State fresh;
+    fresh.batch = 1;
+    fresh.lengths = {0};
+    st = std::move(fresh);
+    return 0;
   }
   Ort::AllocatorWithDefaultOptions alloc;
   const int axis = step_sig_.seq_axis;
@@ -360,6 +408,7 @@ void Decoder::truncate(State& st, int64_t length) const {
   st.mask.resize(static_cast<size_t>(length));
   st.width = length;
   st.lengths[0] = length;
+  return length;
 }
 
 void Decoder::logits_last(const Ort::Value& logits, int64_t batch, std::vector<float>& out) {
@@ -458,6 +507,10 @@ void Decoder::run_chain(State& st, const StepFeed& f, std::vector<float>& out) {
   }
   Feeds fd;
   step_inputs(sig, f, hidden_, mask, W, pos, st.width > 0, fd);
+  if (!sig.local_mask_input.empty()) {  // chain mode: local layers hold every position too
+    fd.bufs.push_back(index_buf(mask, {B, W}, sig.local_mask_dtype));
+    fd.names.push_back(sig.local_mask_input.c_str());
+  }
   std::vector<Ort::Value> vals;
   for (auto& b : fd.bufs) vals.push_back(b.value());
   if (sig.has_past) {
@@ -497,35 +550,72 @@ void Decoder::run_chain(State& st, const StepFeed& f, std::vector<float>& out) {
       if (f.real.empty() || f.real[static_cast<size_t>(b * S + i)]) ++st.lengths[static_cast<size_t>(b)];
 }
 
+namespace {
+// Positions [a, b) of a batch-1 feed.
+StepFeed feed_slice(const StepFeed& f, int64_t a, int64_t b, int64_t hidden) {
+  StepFeed p;
+  p.batch = 1, p.seq = b - a;
+  if (!f.ids.empty()) p.ids.assign(f.ids.begin() + a, f.ids.begin() + b);
+  if (!f.embeds.empty()) p.embeds.assign(f.embeds.begin() + a * hidden, f.embeds.begin() + b * hidden);
+  if (!f.real.empty()) p.real.assign(f.real.begin() + a, f.real.begin() + b);
+  return p;
+}
+}  // namespace
+
 void Decoder::run_shared(State& st, int64_t row, const StepFeed& f, std::vector<float>& out) {
   const DecoderSignature& sig = step_sig_;
   const int64_t B = row < 0 ? st.batch : 1, S = f.seq;
+  const int64_t window = sig.sliding_window;
+  if (bounded_local() && S > window) {  // pieces of one window keep local buffers within 2 * window - 1 rows
+    for (int64_t a = 0; a < S; a += window)
+      run_shared(st, row, feed_slice(f, a, std::min(S, a + window), hidden_), out);
+    return;
+  }
   int64_t longest = 0;
   for (int64_t b = 0; b < B; ++b) longest = std::max(longest, st.lengths[static_cast<size_t>(row < 0 ? b : row)] + S);
   reserve(st, longest);
 
   // Right padding: row b's mask has length_b + S ones; the mask width is the longest row.
+  // Local layers: the same over the positions their buffers hold.
   const int64_t W = longest;
-  std::vector<int64_t> mask(static_cast<size_t>(B * W), 0), pos(static_cast<size_t>(B * S));
+  std::vector<int64_t> mask(static_cast<size_t>(B * W), 0), pos(static_cast<size_t>(B * S)), local_mask;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t len = st.lengths[static_cast<size_t>(row < 0 ? b : row)];
     std::fill_n(mask.begin() + b * W, len + S, 1);
     for (int64_t i = 0; i < S; ++i) pos[static_cast<size_t>(b * S + i)] = len + i;
   }
+  int64_t LW = 0;
+  if (bounded_local()) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t r = row < 0 ? b : row;
+      make_local_room(st, r, S);
+      LW = std::max(LW, st.lengths[static_cast<size_t>(r)] - st.local_starts[static_cast<size_t>(r)] + S);
+    }
+    local_mask.assign(static_cast<size_t>(B * LW), 0);
+    for (int64_t b = 0; b < B; ++b) {
+      const auto r = static_cast<size_t>(row < 0 ? b : row);
+      std::fill_n(local_mask.begin() + b * LW, st.lengths[r] - st.local_starts[r] + S, 1);
+    }
+  }
   Feeds fd;
   step_inputs(sig, f, hidden_, mask, W, pos, true, fd);
+  if (bounded_local()) {
+    fd.bufs.push_back(index_buf(local_mask, {B, LW}, sig.local_mask_dtype));
+    fd.names.push_back(sig.local_mask_input.c_str());
+  }
   std::vector<Ort::Value> vals;
   for (auto& b : fd.bufs) vals.push_back(b.value());
 
-  const std::vector<int64_t> shp = kv_shape(B, st.capacity);
   const size_t es = io::dtype_size(sig.kv_dtype);
-  const size_t row_bytes = static_cast<size_t>(sig.kv_heads * st.capacity * sig.head_dim) * es;
-  const size_t off = row < 0 ? 0 : static_cast<size_t>(row) * row_bytes;
-  const size_t bytes = static_cast<size_t>(B) * row_bytes;
   std::vector<const char*> outs = {sig.logits_output.c_str()};
   std::vector<Ort::Value> results;
   results.emplace_back(nullptr);
   for (size_t l = 0; l < sig.layers.size(); ++l) {
+    const int64_t cap = is_local(l) ? st.local_capacity : st.capacity;
+    const std::vector<int64_t> shp = kv_shape(B, cap);
+    const size_t row_bytes = static_cast<size_t>(sig.kv_heads * cap * sig.head_dim) * es;
+    const size_t off = row < 0 ? 0 : static_cast<size_t>(row) * row_bytes;
+    const size_t bytes = static_cast<size_t>(B) * row_bytes;
     for (int kv = 0; kv < 2; ++kv) {
       uint8_t* p = st.buffers[2 * l + static_cast<size_t>(kv)].data() + off;
       fd.names.push_back(kv == 0 ? sig.layers[l].past_key.c_str() : sig.layers[l].past_value.c_str());

@@ -13,6 +13,13 @@
 // Capacity of the shared buffer grows on demand (doubling, copying once) up to
 // the model's max length.
 //
+// Sliding-window layers of a graph that takes local_attention_mask (kvrun ort graphs of
+// Gemma 3) keep buffers of their own, bounded at 2 * window - 1 rows in shared mode: before
+// a run that would not fit, each row's oldest local rows are dropped (memmove of the last
+// window - 1, once per window of new positions), and local_attention_mask gives the
+// local layers the lengths that remain. Runs longer than the window go in pieces of one
+// window. Chain mode gives local layers the full mask (their cache grows like the others).
+//
 //   delta:   (sherpa-onnx KV-delta graphs) one fixed buffer per layer and K/V,
 //            [batch, max_total_len, kv_heads, head_dim], passed as the cache; the
 //            graph returns only the new rows, which are written into rows
@@ -47,6 +54,8 @@ class Decoder {
   const DecoderSignature& signature() const { return step_sig_; }
   bool shared() const { return shared_; }
   bool kv_delta() const { return step_sig_.kv_delta; }
+  // Shared mode with local layers on bounded buffers (see above).
+  bool bounded_local() const { return shared_ && !step_sig_.local_mask_input.empty(); }
   bool takes_embeddings() const { return step_sig_.takes_embeddings(); }
   bool can_embed() const { return table_ || embed_session_; }
   int64_t hidden() const { return hidden_; }
@@ -63,6 +72,10 @@ class Decoder {
     // shared, delta
     int64_t capacity = 0;
     std::vector<std::vector<uint8_t>> buffers;  // 2 per layer: key, value
+    // shared, bounded local layers: their buffers' rows, and per row the first position
+    // they hold (earlier ones were dropped)
+    int64_t local_capacity = 0;
+    std::vector<int64_t> local_starts;
     // chain
     int64_t width = 0;             // physical positions (valid + left padding)
     std::vector<int64_t> mask;     // [batch, width], 1 = valid
@@ -71,8 +84,9 @@ class Decoder {
   State new_state(int64_t batch, int64_t capacity) const;
   // Shared: grows every row to hold `need` positions. Chain: nothing to do.
   void reserve(State& st, int64_t need) const;
-  // Batch-1 state: forgets positions from `length` on.
-  void truncate(State& st, int64_t length) const;
+  // Batch-1 state: forgets positions from `length` on; returns the length kept, which is 0
+  // when local layers have dropped rows that `length` would need again (run it all anew).
+  int64_t truncate(State& st, int64_t length) const;
 
   // Appends feed.seq positions to every row; logits of each row's last position
   // -> out [batch, vocab]. Shared mode: seq must be 1 unless the batch is 1.
@@ -89,6 +103,11 @@ class Decoder {
   std::string too_long(int64_t positions) const;
   void logits_last(const Ort::Value& logits, int64_t batch, std::vector<float>& out);
   std::vector<int64_t> kv_shape(int64_t batch, int64_t seq) const;
+  bool is_local(size_t layer) const { return bounded_local() && step_sig_.local_layer[layer]; }
+  // Buffers of the local (or the other) layers grow to `cap` rows, keeping theirs.
+  void grow(State& st, bool local, int64_t cap) const;
+  // Drops row `row`'s oldest local rows, keeping window - 1, when `seq` more would not fit.
+  void make_local_room(State& st, int64_t row, int64_t seq) const;
 
   ModelSource src_;
   std::unique_ptr<Session> step_, first_, embed_session_;

@@ -496,7 +496,7 @@ GenerationResult SequenceImpl::generate(const Prompt& context, const GenerationO
   const auto n = static_cast<int64_t>(p.ids.size());
   const int64_t cap = e_.capacity(n, opt);
   if (!st_) st_ = dec.new_state(1, cap);
-  dec.truncate(*st_, static_cast<int64_t>(common));
+  common = static_cast<size_t>(dec.truncate(*st_, static_cast<int64_t>(common)));
   ids_.resize(common);
   dec.reserve(*st_, cap);
   // Embedding rows before `common` were consumed: offset into p.embeds.
@@ -522,7 +522,8 @@ GenerationResult SequenceImpl::generate(const Prompt& context, const GenerationO
   const int64_t fed = st_->lengths[0] - before;
   ids_.insert(ids_.end(), runs[0].tokens.begin(),
               runs[0].tokens.begin() + std::min<int64_t>(fed, static_cast<int64_t>(runs[0].tokens.size())));
-  if (static_cast<int64_t>(ids_.size()) < st_->lengths[0]) dec.truncate(*st_, static_cast<int64_t>(ids_.size()));
+  if (static_cast<int64_t>(ids_.size()) < st_->lengths[0])
+    ids_.resize(static_cast<size_t>(dec.truncate(*st_, static_cast<int64_t>(ids_.size()))));
   out[0].stats.prompt_tokens = m;
   out[0].stats.reused_tokens = static_cast<int64_t>(common);
   return out[0];

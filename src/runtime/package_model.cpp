@@ -60,6 +60,10 @@ std::vector<float> PackageModel::forward(State& st, const std::vector<float>& em
   std::vector<Ort::Value> values;
   values.push_back(emb.view());
   values.push_back(mask.view());
+  if (s.find_input("local_attention_mask")) {  // local layers keep every position here too
+    names.push_back("local_attention_mask");
+    values.push_back(mask.view());
+  }
   if (use_past)
     for (int64_t l = 0; l < m_.num_layers; ++l) {
       names.push_back(kv_name(m_.kv.past_key, l));

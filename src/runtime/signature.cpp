@@ -1,6 +1,7 @@
 #include "runtime/signature.h"
 
 #include <algorithm>
+#include <charconv>
 #include <map>
 #include <set>
 
@@ -83,6 +84,42 @@ std::string side_by_side(const Session& s, const std::vector<Expect>& exp_in, co
   return section("inputs", exp_in, s.inputs()) + section("outputs", exp_out, s.outputs());
 }
 
+// kvrun.local_layers ("0,1,2,3,4,6,...") and kvrun.sliding_window from the graph's metadata.
+void read_local_layers(const Session& s, int64_t layers, DecoderSignature& sig, std::vector<std::string>& problems) {
+  const auto& meta = s.metadata();
+  const auto lw = meta.find("kvrun.local_layers"), sw = meta.find("kvrun.sliding_window");
+  if (lw == meta.end() || sw == meta.end()) {
+    problems.push_back(
+        "local_attention_mask needs the metadata kvrun.local_layers and kvrun.sliding_window (which layers it "
+        "serves, and their window)");
+    return;
+  }
+  auto integer = [&](const std::string& text, const std::string& key, int64_t lo,
+                     int64_t hi) -> std::optional<int64_t> {
+    int64_t v = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec != std::errc() || end != text.data() + text.size() || text.empty() || v < lo || v > hi) {
+      problems.push_back("metadata " + key + ": '" + text + "' is not an integer in [" + std::to_string(lo) + ", " +
+                         std::to_string(hi) + "]");
+      return std::nullopt;
+    }
+    return v;
+  };
+  const auto window = integer(sw->second, "kvrun.sliding_window", 1, int64_t{1} << 30);
+  if (!window) return;
+  sig.sliding_window = *window;
+  sig.local_layer.assign(static_cast<size_t>(layers), false);
+  size_t a = 0;
+  const std::string& list = lw->second;
+  while (a <= list.size()) {
+    const size_t b = std::min(list.find(',', a), list.size());
+    const auto l = integer(list.substr(a, b - a), "kvrun.local_layers", 0, layers - 1);
+    if (!l) return;
+    sig.local_layer[static_cast<size_t>(*l)] = true;
+    a = b + 1;
+  }
+}
+
 }  // namespace
 
 DecoderSignature detect_signature(const Session& s, const SignatureHints& hints) {
@@ -163,6 +200,11 @@ DecoderSignature detect_signature(const Session& s, const SignatureHints& hints)
       if (!is_index(i.dtype) || i.shape.size() != 2)
         problems.push_back("position_ids must be int64 or int32 of rank 2, found " + io_str(i) +
                            (i.shape.size() == 3 ? " (multimodal 3-D rotary positions are not supported)" : ""));
+    } else if (i.name == "local_attention_mask" && !conv->delta) {
+      sig.local_mask_input = i.name, sig.local_mask_dtype = i.dtype;
+      exp_in.push_back({i.name, "int64 [batch, local_total]"});
+      if (!is_index(i.dtype) || i.shape.size() != 2)
+        problems.push_back("local_attention_mask must be int64 or int32 of rank 2, found " + io_str(i));
     } else if (i.name == "use_cache_branch") {
       sig.cache_branch_input = i.name;
       exp_in.push_back({i.name, "bool [1]"});
@@ -260,6 +302,8 @@ DecoderSignature detect_signature(const Session& s, const SignatureHints& hints)
     kl.present_key = ok, kl.present_value = ov;
     sig.layers.push_back(kl);
   }
+
+  if (!sig.local_mask_input.empty()) read_local_layers(s, layers, sig, problems);
 
   if (!problems.empty()) {
     std::string msg = sig.file + ": the graph does not match the decoder signature kvrun expects (" + conv->label +

@@ -53,6 +53,13 @@ struct DecoderSignature {
   int64_t fixed_batch = -1;              // batch dim when the graph fixes it
   int64_t hidden = -1;                   // inputs_embeds last dim when fixed
   int64_t logits_rank = 3;
+  // Sliding-window layers with a cache of their own length (kvrun ort graphs of models with
+  // local layers): local_attention_mask [batch, local_total] gives their lengths; metadata
+  // kvrun.local_layers (comma-separated indices) and kvrun.sliding_window name them.
+  std::string local_mask_input;
+  io::DType local_mask_dtype = io::DType::I64;
+  std::vector<bool> local_layer;  // per layer; empty without local_mask_input
+  int64_t sliding_window = 0;
 
   bool takes_embeddings() const { return !embeds_input.empty(); }
 };
