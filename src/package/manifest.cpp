@@ -95,6 +95,8 @@ Manifest load_manifest(const fs::path& dir) {
   if (int_field(m.raw, "version", src) != kManifestVersion)
     throw Error(src + ": manifest version " + m.raw["version"].dump() + ", this kvrun reads version " +
                 std::to_string(kManifestVersion));
+  if (m.raw.value("kind", "") == "seq2seq")
+    throw Error(src + ": a translation (encoder-decoder) package: run it with kvrun translate");
   m.target = str_field(m.raw, "target", src);
   m.precision = str_field(m.raw, "precision", src);
   const json& model = field(m.raw, "model", src);

@@ -317,6 +317,7 @@ BuildResult build_package(const BuildOptions& options) {
   BuildOptions opt = options;
   opt.precision = options.resolved_precision();
   if (build::is_funasr_nano_folder(opt.checkpoint)) return build::build_funasr_nano_package(opt);
+  if (build::is_seq2seq_folder(opt.checkpoint)) return build::build_seq2seq_package(opt);
   const auto t0 = std::chrono::steady_clock::now();
   const io::ModelConfig cfg = io::load_model_config(opt.checkpoint);
   const io::GenerationConfig gen = io::load_generation_config(opt.checkpoint, cfg);

@@ -51,4 +51,8 @@ struct FunAsrFolder {
 FunAsrFolder read_funasr_folder(const std::filesystem::path& dir);
 BuildResult build_funasr_nano_package(const BuildOptions& opt);
 
+// A Hugging Face encoder-decoder translation folder (config.json of MarianMTModel).
+bool is_seq2seq_folder(const std::filesystem::path& dir);
+BuildResult build_seq2seq_package(const BuildOptions& opt);
+
 }  // namespace kvrun::build
