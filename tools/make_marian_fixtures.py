@@ -5,7 +5,8 @@ TOOLING ONLY: CI never runs this script. Its result is committed as tests/fixtur
 (see tests/fixtures/marian-tiny/README.md). Downloads nothing except the sentencepiece sdist,
 which must be fetched beforehand (see --spm).
 
-Stages (each needs its own Python environment, so the script is run three times):
+Stages (each needs its own Python environment, so the script is run three times, in this order;
+stage model deletes the whole fixture folder, onnx/ included; stage verify rewrites golden.json):
 
   1. model    transformers 5.23 + torch (venv-tools). Writes the model folder and the goldens:
                  source.spm, target.spm      byte copies of sentencepiece-0.2.3.tar.gz
@@ -20,6 +21,7 @@ Stages (each needs its own Python environment, so the script is run three times)
                                                                             (optimum --no-post-process)
                  onnx/recompute/{encoder_model,decoder_model}.onnx          (torch.onnx.export of
                      RecomputeDecoder below: the "15-input" decoder of seeds.md section 5)
+              plus byte copies of the tokenizer/config files in each of the three folders
               and re-runs the generation goldens under transformers 4.57 into
                  onnx/_hf457.json (temporary; merged into golden.json by stage 3, then deleted).
   3. verify   venv-tools again (onnxruntime). Greedy-decodes every golden sentence with each ONNX
@@ -368,12 +370,331 @@ def main():
     return 0
 
 
+TOKENIZER_FILES = ["source.spm", "target.spm", "vocab.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "config.json", "generation_config.json"]
+OPSET = 18  # what optimum-onnx 0.1.0 picks for Marian with torch 2.x
+
+
+def copy_side_files(d, out):
+    """The original tokenizer/config files beside each export (identical bytes: git stores them once)."""
+    for f in os.listdir(out):
+        if not f.endswith(".onnx"):
+            os.remove(os.path.join(out, f))
+    for f in TOKENIZER_FILES:
+        shutil.copyfile(os.path.join(d, f), os.path.join(out, f))
+
+
+def make_recompute_decoder(model):
+    """The "15-input" decoder of seeds.md section 5 (15 inputs for 6 layers; 3 + 2 * layers).
+
+    inputs : encoder_attention_mask int64 [batch, encoder_sequence_length]
+             input_ids              int64 [batch, decoder_sequence_length]
+             encoder_hidden_states  float [batch, encoder_sequence_length, d_model]
+             past_key_values.{i}.decoder.key / .value  float [batch, heads, past_decoder_sequence_length, head_dim]
+    outputs: logits float [batch, decoder_sequence_length, vocab]
+             present.{i}.decoder.key / .value  float [batch, heads, past + decoder_sequence_length, head_dim]
+    No encoder KV inputs/outputs, no use_cache_branch: cross-attention K/V are recomputed from
+    encoder_hidden_states at every step. First step: past tensors with 0 rows. Positions start at
+    past_decoder_sequence_length. Causal self-attention inside input_ids (decoder_sequence_length >= 1).
+    """
+    import torch
+
+    dec = model.model.decoder
+    cfg = model.config
+    H = cfg.decoder_attention_heads
+    hd = cfg.d_model // H
+
+    class RecomputeDecoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dec = dec
+            self.lm_head = model.lm_head
+            self.register_buffer("bias", model.final_logits_bias.detach().clone())
+            self.register_buffer("positions", dec.embed_positions.weight.detach().clone())
+
+        @staticmethod
+        def heads(x):
+            b, t, _ = x.shape
+            return x.view(b, t, H, hd).transpose(1, 2)
+
+        def attend(self, q, k, v, add_mask):
+            w = torch.matmul(q, k.transpose(2, 3)) * (hd ** -0.5) + add_mask
+            o = torch.matmul(torch.softmax(w, dim=-1), v)
+            b, _, t, _ = o.shape
+            return o.transpose(1, 2).reshape(b, t, H * hd)
+
+        def forward(self, encoder_attention_mask, input_ids, encoder_hidden_states, *past):
+            T = input_ids.shape[1]
+            P = past[0].shape[2]
+            pos_ids = torch.arange(T, device=input_ids.device) + P
+            h = self.dec.embed_tokens(input_ids) * dec.embed_scale + self.positions[pos_ids].unsqueeze(0)
+            neg = torch.finfo(h.dtype).min
+            kpos = torch.arange(T, device=input_ids.device) + P
+            kall = torch.arange(P + T, device=input_ids.device)
+            causal = torch.where(kall[None, :] <= kpos[:, None], 0.0, neg)[None, None]
+            cross = ((1.0 - encoder_attention_mask[:, None, None, :].to(h.dtype)) * neg)
+            presents = []
+            for i, layer in enumerate(self.dec.layers):
+                sa = layer.self_attn
+                k = torch.cat([past[2 * i], self.heads(sa.k_proj(h))], dim=2)
+                v = torch.cat([past[2 * i + 1], self.heads(sa.v_proj(h))], dim=2)
+                presents += [k, v]
+                a = sa.out_proj(self.attend(self.heads(sa.q_proj(h)), k, v, causal))
+                h = layer.self_attn_layer_norm(h + a)
+                ca = layer.encoder_attn
+                ck = self.heads(ca.k_proj(encoder_hidden_states))
+                cv = self.heads(ca.v_proj(encoder_hidden_states))
+                a = ca.out_proj(self.attend(self.heads(ca.q_proj(h)), ck, cv, cross))
+                h = layer.encoder_attn_layer_norm(h + a)
+                f = layer.fc2(layer.activation_fn(layer.fc1(h)))
+                h = layer.final_layer_norm(h + f)
+            logits = self.lm_head(h) + self.bias
+            return (logits, *presents)
+
+    return RecomputeDecoder().eval(), H, hd
+
+
+def hf_generation_goldens(model, tok):
+    """The same generate() calls as stage model (for the 4.57 vs 5.x comparison)."""
+    import torch
+
+    res = {"sentences": []}
+    with torch.no_grad():
+        for k, text in enumerate(SENTENCES):
+            enc = tok([text], return_tensors="pt")
+            g = model.generate(**enc, num_beams=1, do_sample=False, max_length=MAX_LENGTH)
+            b = model.generate(**enc, num_beams=4, do_sample=False, max_length=MAX_LENGTH,
+                               return_dict_in_generate=True, output_scores=True)
+            e = {"input_ids": enc["input_ids"][0].tolist(), "greedy": g[0].tolist(),
+                 "beam": b.sequences[0].tolist(), "beam_score": b.sequences_scores[0].item()}
+            if k in NBEST_SENTENCES:
+                n = model.generate(**enc, num_beams=4, do_sample=False, max_length=MAX_LENGTH,
+                                   return_dict_in_generate=True, output_scores=True, num_return_sequences=4)
+                e["nbest"] = n.sequences.tolist()
+                e["nbest_scores"] = n.sequences_scores.tolist()
+            res["sentences"].append(e)
+        enc = tok(SENTENCES, return_tensors="pt", padding=True)
+        res["batched_greedy"] = model.generate(**enc, num_beams=1, do_sample=False, max_length=MAX_LENGTH).tolist()
+        b = model.generate(**enc, num_beams=4, do_sample=False, max_length=MAX_LENGTH,
+                           return_dict_in_generate=True, output_scores=True)
+        res["batched_beam"] = b.sequences.tolist()
+        res["batched_beam_scores"] = b.sequences_scores.tolist()
+    return res
+
+
 def stage_export(args):
-    raise NotImplementedError
+    import importlib.metadata as md
+
+    import torch
+    import transformers
+    from optimum.exporters.onnx import main_export
+    from transformers import MarianMTModel, MarianTokenizer
+
+    torch.set_num_threads(1)
+    d = fixture_dir(args)
+    od = os.path.join(d, "onnx")
+    if os.path.isdir(od):
+        shutil.rmtree(od)
+    # (a) optimum default: post-processing merges decoder + decoder_with_past into one If graph
+    tmp = os.path.join(od, "_tmp_merged")
+    main_export(d, output=tmp, task="text2text-generation-with-past", opset=OPSET)
+    os.makedirs(os.path.join(od, "merged"))
+    for f in ["encoder_model.onnx", "decoder_model_merged.onnx"]:
+        shutil.move(os.path.join(tmp, f), os.path.join(od, "merged", f))
+    shutil.rmtree(tmp)
+    copy_side_files(d, os.path.join(od, "merged"))
+    # (b) --no-post-process: separate first-step and with-past decoders
+    main_export(d, output=os.path.join(od, "split"), task="text2text-generation-with-past", opset=OPSET,
+                no_post_process=True)
+    copy_side_files(d, os.path.join(od, "split"))
+    # (c) recompute-cross-attention decoder, torch.onnx.export of RecomputeDecoder
+    rd = os.path.join(od, "recompute")
+    os.makedirs(rd)
+    shutil.copyfile(os.path.join(od, "merged", "encoder_model.onnx"), os.path.join(rd, "encoder_model.onnx"))
+    model = MarianMTModel.from_pretrained(d, attn_implementation="eager").eval()
+    wrapper, H, hd = make_recompute_decoder(model)
+    L = model.config.decoder_layers
+    past_names = [f"past_key_values.{i}.decoder.{kv}" for i in range(L) for kv in ("key", "value")]
+    present_names = [f"present.{i}.decoder.{kv}" for i in range(L) for kv in ("key", "value")]
+    B, S, T, P = 2, 5, 1, 3
+    dummy = (torch.ones(B, S, dtype=torch.int64), torch.full((B, T), 7, dtype=torch.int64),
+             torch.randn(B, S, model.config.d_model), *[torch.randn(B, H, P, hd) for _ in past_names])
+    dyn = {"encoder_attention_mask": {0: "batch_size", 1: "encoder_sequence_length"},
+           "input_ids": {0: "batch_size", 1: "decoder_sequence_length"},
+           "encoder_hidden_states": {0: "batch_size", 1: "encoder_sequence_length"},
+           "logits": {0: "batch_size", 1: "decoder_sequence_length"}}
+    for n in past_names:
+        dyn[n] = {0: "batch_size", 2: "past_decoder_sequence_length"}
+    for n in present_names:
+        dyn[n] = {0: "batch_size", 2: "past_decoder_sequence_length + decoder_sequence_length"}
+    with torch.no_grad():
+        torch.onnx.export(wrapper, dummy, os.path.join(rd, "decoder_model.onnx"),
+                          input_names=["encoder_attention_mask", "input_ids", "encoder_hidden_states", *past_names],
+                          output_names=["logits", *present_names], dynamic_axes=dyn, opset_version=OPSET,
+                          dynamo=False)
+    copy_side_files(d, rd)
+    # transformers 4.57 generation goldens (compared with the 5.x ones by stage verify)
+    tok = MarianTokenizer.from_pretrained(d)
+    res = hf_generation_goldens(model, tok)
+    res["generator"] = f"transformers {transformers.__version__}, torch {torch.__version__}"
+    res["export_generator"] = (f"optimum-onnx {md.version('optimum-onnx')}, optimum {md.version('optimum')}, "
+                               f"transformers {transformers.__version__}, torch {torch.__version__}, "
+                               f"onnx {md.version('onnx')}, opset {OPSET}")
+    with open(os.path.join(od, "_hf457.json"), "w") as f:
+        json.dump(res, f)
+    print("exported:", res["export_generator"])
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 3: onnxruntime greedy parity + 4.57 comparison (venv-tools)
+# ----------------------------------------------------------------------------------------------
+
+
+def ort_greedy(folder, input_ids, pad, eos, max_length, want_logits=None):
+    """Greedy decode with the ONNX files in folder; protocol chosen from the decoder's inputs."""
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    enc = ort.InferenceSession(os.path.join(folder, "encoder_model.onnx"), so)
+    names = sorted(f for f in os.listdir(folder) if f.startswith("decoder") and f.endswith(".onnx"))
+    sess = {n: ort.InferenceSession(os.path.join(folder, n), so) for n in names}
+    ids = np.array([input_ids], dtype=np.int64)
+    mask = np.ones_like(ids)
+    hidden = enc.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    seq = [pad]
+    past = {}
+    max_diff = 0.0
+    while True:
+        step = len(seq) - 1
+        if "decoder_model_merged.onnx" in sess:
+            s = sess["decoder_model_merged.onnx"]
+        elif "decoder_with_past_model.onnx" in sess:
+            s = sess["decoder_with_past_model.onnx" if step else "decoder_model.onnx"]
+        else:
+            s = sess["decoder_model.onnx"]
+        feed = {}
+        for i in s.get_inputs():
+            n = i.name
+            if n == "encoder_attention_mask":
+                feed[n] = mask
+            elif n == "input_ids":
+                feed[n] = np.array([[seq[-1]]], dtype=np.int64)
+            elif n == "encoder_hidden_states":
+                feed[n] = hidden
+            elif n == "use_cache_branch":
+                feed[n] = np.array([step > 0])
+            elif n.startswith("past_key_values."):
+                pn = "present." + n[len("past_key_values."):]
+                if pn in past:
+                    feed[n] = past[pn]
+                else:  # first step of merged / recompute: zero-length past
+                    heads, hd = i.shape[1], i.shape[3]
+                    feed[n] = np.zeros((1, heads, 0, hd), dtype=np.float32)
+            else:
+                raise RuntimeError(f"unexpected input {n}")
+        outs = s.run(None, feed)
+        for o, v in zip(s.get_outputs(), outs):
+            if o.name.startswith("present."):
+                if ".encoder." in o.name and step > 0:
+                    continue  # merged cache branch: empty placeholders, keep the first step's
+                past[o.name] = v
+        logits = outs[0][0, -1].astype(np.float64)
+        if want_logits is not None and step < want_logits.shape[0]:
+            max_diff = max(max_diff, float(np.abs(logits - want_logits[step]).max()))
+        logits[pad] = -np.inf
+        nxt = int(np.argmax(logits))
+        if len(seq) == max_length - 1:
+            nxt = eos
+        seq.append(nxt)
+        if nxt == eos or len(seq) >= max_length:
+            return seq, max_diff
+
+
+def onnx_signature(path):
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+
+    def desc(v):
+        t = v.type.tensor_type
+        dims = [x.dim_param or x.dim_value for x in t.shape.dim]
+        return {"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": dims}
+
+    return {"inputs": [desc(v) for v in m.graph.input], "outputs": [desc(v) for v in m.graph.output],
+            "opset": m.opset_import[0].version, "bytes": os.path.getsize(path)}
 
 
 def stage_verify(args):
-    raise NotImplementedError
+    import numpy as np
+    import onnxruntime as ort
+    from safetensors.numpy import load_file
+
+    d = fixture_dir(args)
+    od = os.path.join(d, "onnx")
+    with open(os.path.join(d, "golden.json"), encoding="utf-8") as f:
+        golden = json.load(f)
+    pad, eos = golden["special_ids"]["pad"], golden["special_ids"]["eos"]
+    gl = load_file(os.path.join(d, "golden_logits.safetensors"))
+    checks = {"onnxruntime": ort.__version__}
+    onnx_info = {}
+    for variant in ["merged", "split", "recompute"]:
+        folder = os.path.join(od, variant)
+        onnx_info[variant] = {f: onnx_signature(os.path.join(folder, f))
+                              for f in sorted(os.listdir(folder)) if f.endswith(".onnx")}
+        ok, diffs = [], {}
+        for k, s in enumerate(golden["sentences"]):
+            want = gl.get(f"s{k}.logits")
+            seq, md = ort_greedy(folder, s["input_ids"], pad, eos, MAX_LENGTH, want)
+            ok.append(seq == s["greedy"])
+            if want is not None:
+                diffs[f"s{k}"] = md
+        checks[f"onnx_{variant}_greedy_equals_hf"] = ok
+        checks[f"onnx_{variant}_max_abs_logit_diff_vs_golden_logits"] = diffs
+        print(variant, ok, diffs)
+    # transformers 4.57 vs 5.x
+    hpath = os.path.join(od, "_hf457.json")
+    with open(hpath) as f:
+        h = json.load(f)
+
+    def strip(seq):
+        out = [seq[0]]
+        for t in seq[1:]:
+            if t == pad:
+                break
+            out.append(t)
+        return out
+
+    cmp = {"generator": h["generator"]}
+    ss = golden["sentences"]
+    cmp["input_ids_equal"] = [a["input_ids"] == b["input_ids"] for a, b in zip(h["sentences"], ss)]
+    cmp["greedy_equal"] = [strip(a["greedy"]) == b["greedy"] for a, b in zip(h["sentences"], ss)]
+    cmp["beam_equal"] = [strip(a["beam"]) == b["beam"] for a, b in zip(h["sentences"], ss)]
+    cmp["beam_score_max_abs_diff"] = max(abs(a["beam_score"] - b["beam_score"]) for a, b in zip(h["sentences"], ss))
+    cmp["nbest_equal"] = {str(k): [strip(x) for x in h["sentences"][k]["nbest"]] == ss[k]["nbest"]
+                          for k in NBEST_SENTENCES}
+    cmp["nbest_score_max_abs_diff"] = max(abs(x - y) for k in NBEST_SENTENCES
+                                          for x, y in zip(h["sentences"][k]["nbest_scores"], ss[k]["nbest_scores"]))
+    cmp["batched_greedy_equal"] = [strip(a) for a in h["batched_greedy"]] == golden["batched"]["greedy"]
+    cmp["batched_beam_equal"] = [strip(a) for a in h["batched_beam"]] == golden["batched"]["beam"]
+    cmp["note"] = "transformers 5.x (golden.json generator) is the reference"
+    mism = {}
+    for key in ["greedy_equal", "beam_equal"]:
+        for k, eq in enumerate(cmp[key]):
+            if not eq:
+                src = "greedy" if key == "greedy_equal" else "beam"
+                mism[f"{src}_s{k}_457"] = strip(h["sentences"][k][src])
+    if mism:
+        cmp["outputs_457_where_different"] = mism
+    checks["transformers_4_57_vs_5"] = cmp
+    golden["checks"] = checks
+    golden["export_generator"] = h["export_generator"]
+    golden["onnx"] = onnx_info
+    with open(os.path.join(d, "golden.json"), "w", encoding="utf-8") as f:
+        json.dump(golden, f, ensure_ascii=False, indent=1)
+    os.remove(hpath)
+    print(json.dumps(cmp, indent=1))
 
 
 if __name__ == "__main__":
