@@ -138,6 +138,7 @@ json Seq2SeqConfig::to_json() const {
                     : activation == Seq2SeqActivation::Gelu ? "gelu"
                                                             : "relu";
   return {{"architecture", architecture},
+          {"model_type", "marian"},
           {"d_model", d_model},
           {"encoder_layers", encoder_layers},
           {"decoder_layers", decoder_layers},

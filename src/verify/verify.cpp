@@ -9,14 +9,18 @@
 #include "arch/sensevoice_encoder.h"
 #include "audio/fbank.h"
 #include "audio/lfr.h"
+#include "io/fs.h"
 #include "io/gguf_checkpoint.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
+#include "io/seq2seq_config.h"
 #include "package/package_parts.h"
 #include "reference/audio_encoder_ref.h"
 #include "reference/decoder_ref.h"
+#include "reference/seq2seq_ref.h"
 #include "runtime/ort_session.h"
 #include "runtime/package_model.h"
+#include "runtime/seq2seq_package.h"
 
 namespace kvrun {
 namespace fs = std::filesystem;
@@ -193,10 +197,120 @@ VerifyCheck check_audio_encoder(const fs::path& pkg, const nlohmann::json& asr, 
   return c;
 }
 
+// A seq2seq (Marian) package against reference::Seq2SeqRef: the encoder output, the first
+// decoder step, decode steps on the cache (two beams of one sentence sharing its cross K/V,
+// teacher-forced on the reference's greedy tokens) and the greedy continuation (pad banned,
+// as the model's bad_words_ids). fp32 tolerances.
+VerifyReport verify_seq2seq(const VerifyOptions& opt, const nlohmann::json& manifest) {
+  runtime::SessionConfig sc;
+  sc.intra_op_threads = opt.threads;
+  runtime::Seq2SeqPackage pkg(opt.package, sc);
+  const std::string recorded = manifest.contains("source") ? manifest["source"].value("checkpoint", "") : "";
+  const fs::path ckpt = opt.checkpoint.empty() ? fs::path(recorded) : opt.checkpoint;
+  if (ckpt.empty() || !fs::exists(ckpt))
+    throw Error("verify: checkpoint '" + ckpt.string() + "' not found (pass --checkpoint <hf_dir>)");
+  const io::Seq2SeqConfig cfg = io::load_seq2seq_config(ckpt);
+  if (cfg.decoder_vocab_size != pkg.vocab_size())
+    throw Error("verify: checkpoint " + ckpt.string() + " does not match the package (target vocabularies differ)");
+  const reference::Seq2SeqRef ref(cfg, io::TensorStore(ckpt));
+  const int64_t V = cfg.decoder_vocab_size;
+  const double tol = tolerance_for("fp32");
+  std::vector<int64_t> source = opt.prompt;
+  if (source.empty()) {
+    for (int64_t id : default_prompt(cfg.vocab_size))
+      if (id != cfg.pad_token_id && id != cfg.eos_token_id) source.push_back(id);
+    source.push_back(cfg.eos_token_id);
+  }
+  for (auto id : source)
+    if (id < 0 || id >= cfg.vocab_size)
+      throw Error("verify: source id " + std::to_string(id) + " outside the vocabulary");
+  VerifyReport rep;
+  rep.precision = manifest.value("precision", "fp32");
+  // (a) encoder output, relative to its largest value
+  const auto src_len = static_cast<int64_t>(source.size());
+  const std::vector<float> enc_ref = ref.encode(source);
+  const auto enc = pkg.encode(source);
+  {
+    VerifyCheck c;
+    c.name = "encoder";
+    double scale = 1.0;
+    for (size_t i = 0; i < enc_ref.size(); ++i) {
+      scale = std::max(scale, static_cast<double>(std::fabs(enc_ref[i])));
+      c.max_abs_diff = std::max(c.max_abs_diff, static_cast<double>(std::fabs(enc_ref[i] - enc.hidden[i])));
+    }
+    c.tolerance = tol * scale;
+    c.positions = 0;
+    c.passed = enc.hidden.size() == enc_ref.size() && c.max_abs_diff <= c.tolerance;
+    c.detail = std::to_string(src_len) + " source positions";
+    rep.checks.push_back(c);
+  }
+  // the reference's greedy tokens (pad banned)
+  const int64_t start = cfg.decoder_start_token_id, pad = cfg.pad_token_id;
+  auto greedy_next = [&](std::vector<float> lg) {
+    lg[static_cast<size_t>(pad)] = -INFINITY;
+    return argmax(lg.data(), V);
+  };
+  auto rst = ref.start(enc_ref, src_len);
+  std::vector<int64_t> tokens = {start};
+  std::vector<float> ref_rows;  // reference logits after each token
+  for (int i = 0; i <= opt.greedy_tokens; ++i) {
+    const std::vector<float> lr = ref.decode(rst, {tokens.back()});
+    ref_rows.insert(ref_rows.end(), lr.begin(), lr.end());
+    if (i < opt.greedy_tokens) tokens.push_back(greedy_next(lr));
+  }
+  // (b) first step, (c) decode steps: two beams teacher-forced on the reference's tokens
+  auto st = pkg.new_state(2);
+  std::vector<float> got_rows;
+  double beam_diff = 0;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const std::vector<float> lg = pkg.decode(enc, st, {tokens[t], tokens[t]}, 1);
+    got_rows.insert(got_rows.end(), lg.begin(), lg.begin() + V);
+    for (int64_t k = 0; k < V; ++k) beam_diff = std::max(beam_diff, static_cast<double>(std::fabs(lg[k] - lg[V + k])));
+  }
+  rep.checks.push_back(compare("decoder-first", {ref_rows.begin(), ref_rows.begin() + V},
+                               {got_rows.begin(), got_rows.begin() + V}, V, tol));
+  VerifyCheck steps =
+      compare("decode-steps", {ref_rows.begin() + V, ref_rows.end()}, {got_rows.begin() + V, got_rows.end()}, V, tol);
+  steps.passed = steps.passed && beam_diff == 0;
+  steps.detail = "teacher-forced, 2 beams sharing the cross K/V" + std::string(beam_diff == 0 ? "" : " (beams differ)");
+  rep.checks.push_back(steps);
+  // (d) greedy: the package decodes with its own tokens
+  {
+    VerifyCheck c;
+    c.name = "greedy";
+    auto sg = pkg.new_state(1);
+    std::vector<int64_t> got = {start};
+    for (int i = 0; i < opt.greedy_tokens; ++i) got.push_back(greedy_next(pkg.decode(enc, sg, {got.back()}, 1)));
+    c.positions = opt.greedy_tokens;
+    int64_t agree = 0;
+    for (size_t i = 1; i < got.size(); ++i) agree += got[i] == tokens[i];
+    c.argmax_agreement = opt.greedy_tokens ? static_cast<double>(agree) / opt.greedy_tokens : 1.0;
+    c.passed = got == tokens;
+    c.detail = std::to_string(opt.greedy_tokens) + " tokens, " + (c.passed ? "identical" : "differ");
+    rep.checks.push_back(c);
+  }
+  double agree_sum = 0, kl_sum = 0, top1_sum = 0, n = 0;
+  for (const auto& c : rep.checks) {
+    agree_sum += c.argmax_agreement * static_cast<double>(c.positions);
+    kl_sum += c.mean_kl * static_cast<double>(c.positions);
+    top1_sum += c.reference_top1 * static_cast<double>(c.positions);
+    n += static_cast<double>(c.positions);
+  }
+  rep.argmax_agreement = n > 0 ? agree_sum / n : 1.0;
+  rep.mean_kl = n > 0 ? kl_sum / n : 0.0;
+  rep.reference_top1 = n > 0 ? top1_sum / n : 1.0;
+  rep.passed = std::all_of(rep.checks.begin(), rep.checks.end(), [](const VerifyCheck& c) { return c.passed; });
+  return rep;
+}
+
 }  // namespace
 
 VerifyReport verify_package(const VerifyOptions& options) {
   VerifyOptions opt = options;
+  if (fs::exists(opt.package / "kvrun.json")) {
+    const nlohmann::json m = io::read_json_file(opt.package / "kvrun.json");
+    if (m.is_object() && m.value("kind", "") == "seq2seq") return verify_seq2seq(opt, m);
+  }
   if (io::is_gguf_file(opt.package)) {
     if (opt.checkpoint.empty()) opt.checkpoint = opt.package;
     opt.package = ensure_package(opt.package, opt.build_progress);

@@ -1,0 +1,221 @@
+// Marian (MarianMTModel) translation models: config parsing, the C++ reference forward and
+// kvrun's encoder/decoder graphs (both targets) against transformers' encoder states and
+// teacher-forced logits (tests/fixtures/marian-tiny, tools/make_marian_fixtures.py).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "io/fs.h"
+#include "io/safetensors.h"
+#include "io/seq2seq_config.h"
+#include "kvrun/build.h"
+#include "reference/seq2seq_ref.h"
+#include "runtime/seq2seq_package.h"
+#include "test_util.h"
+
+namespace kvrun {
+namespace {
+
+using test::built_package;
+using test::expect_error;
+using test::fixture;
+
+constexpr double kFp32Tol = 1e-4;
+const char* kFixture = "marian-tiny";
+
+double max_abs_diff(const float* a, const float* b, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
+  return m;
+}
+
+// The sentences golden_logits.safetensors holds: s{k}.input_ids, .encoder_last_hidden_state,
+// .decoder_input_ids ([pad] + HF's greedy output), .logits (teacher-forced, float32).
+struct LogitsCase {
+  std::string key;
+  std::vector<int64_t> input_ids, decoder_input_ids;
+  std::vector<float> encoder, logits;
+};
+
+std::vector<LogitsCase> logits_cases() {
+  const io::TensorStore s(fixture(kFixture) / "golden_logits.safetensors");
+  std::vector<LogitsCase> out;
+  for (const auto& name : s.names()) {
+    if (!name.ends_with(".input_ids") || name.find("decoder") != std::string::npos) continue;
+    LogitsCase c;
+    c.key = name.substr(0, name.size() - 10);
+    auto ids = [&](const std::string& n) {
+      const io::TensorView& t = s.get(n);
+      std::vector<int64_t> v(static_cast<size_t>(t.numel()));
+      std::memcpy(v.data(), t.data, v.size() * 8);
+      return v;
+    };
+    c.input_ids = ids(c.key + ".input_ids");
+    c.decoder_input_ids = ids(c.key + ".decoder_input_ids");
+    c.encoder = s.get(c.key + ".encoder_last_hidden_state").to_f32();
+    c.logits = s.get(c.key + ".logits").to_f32();
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+TEST(MarianConfig, FixtureAndPositions) {
+  const io::Seq2SeqConfig c = io::load_seq2seq_config(fixture(kFixture));
+  EXPECT_EQ(c.architecture, "MarianMTModel");
+  EXPECT_EQ(c.activation, io::Seq2SeqActivation::Swish);
+  EXPECT_TRUE(c.scale_embedding);
+  EXPECT_EQ(c.pad_token_id, c.decoder_vocab_size - 1);
+  EXPECT_EQ(c.decoder_start_token_id, c.pad_token_id);
+  // not interleaved: sin in the first half, cos in the second; row 0 = [0.., 1..]
+  const auto p = c.positions(3);
+  const int64_t d = c.d_model;
+  EXPECT_EQ(p[0], 0.0f);
+  EXPECT_EQ(p[static_cast<size_t>(d / 2)], 1.0f);
+  EXPECT_FLOAT_EQ(p[static_cast<size_t>(d + 1)], static_cast<float>(std::sin(1.0 / std::pow(10000.0, 2.0 / d))));
+  EXPECT_FLOAT_EQ(p[static_cast<size_t>(2 * d + d / 2 + 1)],
+                  static_cast<float>(std::cos(2.0 / std::pow(10000.0, 2.0 / d))));
+}
+
+TEST(MarianConfig, Refusals) {
+  nlohmann::json j = io::read_json_file(fixture(kFixture) / "config.json");
+  auto with = [&](const char* key, nlohmann::json v) {
+    nlohmann::json k = j;
+    k[key] = std::move(v);
+    return k;
+  };
+  expect_error([&] { io::parse_seq2seq_config(with("normalize_before", true), "c.json"); }, {"c.json", "pre-norm"});
+  expect_error([&] { io::parse_seq2seq_config(with("activation_function", "tanh"), "c.json"); },
+               {"activation_function", "tanh"});
+  expect_error([&] { io::parse_seq2seq_config(with("d_model", 30), "c.json"); }, {"d_model", "multiple"});
+  expect_error([&] { io::parse_seq2seq_config(with("pad_token_id", 1 << 20), "c.json"); }, {"pad_token_id", "outside"});
+}
+
+TEST(MarianReference, MatchesTransformers) {
+  const io::Seq2SeqConfig c = io::load_seq2seq_config(fixture(kFixture));
+  const reference::Seq2SeqRef ref(c, io::TensorStore(fixture(kFixture)));
+  const auto cases = logits_cases();
+  ASSERT_GE(cases.size(), 2u);
+  const auto V = static_cast<size_t>(c.decoder_vocab_size);
+  for (const auto& k : cases) {
+    const std::vector<float> enc = ref.encode(k.input_ids);
+    ASSERT_EQ(enc.size(), k.encoder.size());
+    const double enc_diff = max_abs_diff(enc.data(), k.encoder.data(), enc.size());
+    // all target positions at once, then one at a time
+    auto st = ref.start(enc, static_cast<int64_t>(k.input_ids.size()));
+    const std::vector<float> all = ref.decode(st, k.decoder_input_ids);
+    ASSERT_EQ(all.size(), k.logits.size());
+    double worst = max_abs_diff(all.data(), k.logits.data(), all.size());
+    auto st1 = ref.start(enc, static_cast<int64_t>(k.input_ids.size()));
+    for (size_t t = 0; t < k.decoder_input_ids.size(); ++t) {
+      const std::vector<float> one = ref.decode(st1, {k.decoder_input_ids[t]});
+      worst = std::max(worst, max_abs_diff(one.data(), k.logits.data() + t * V, V));
+    }
+    // The reference sums in its own order (float32 dots, double norms and softmax): relative
+    // to the largest logit (the fixture's EOS bias makes them ~20) it stays within 1e-5.
+    double scale = 1;
+    for (float v : k.logits) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+    std::printf("[ marian reference %s ] %zu source, %zu target: encoder %.2g, logits %.2g (max |logit| %.1f)\n",
+                k.key.c_str(), k.input_ids.size(), k.decoder_input_ids.size(), enc_diff, worst, scale);
+    EXPECT_LE(enc_diff, kFp32Tol) << k.key;
+    EXPECT_LE(worst, 1e-5 * scale) << k.key;
+  }
+}
+
+// A folder without its tokenizer files fails with one line naming the file, and leaves no
+// package behind; a decoder-only command on a translation package says what to use.
+TEST(MarianBuild, BadInput) {
+  test::TempDir tmp;
+  const auto src = tmp.path() / "model";
+  std::filesystem::create_directories(src);
+  for (const auto& e : std::filesystem::directory_iterator(fixture(kFixture)))
+    if (e.path().filename() != "vocab.json") std::filesystem::copy(e.path(), src / e.path().filename());
+  BuildOptions o;
+  o.checkpoint = src;
+  o.out = tmp.path() / "pkg";
+  expect_error([&] { build_package(o); }, {"vocab.json", "missing"});
+  EXPECT_FALSE(std::filesystem::exists(o.out));
+  o.precision = "int4";
+  expect_error([&] { build_package(o); }, {"int4", "fp32"});
+  const test::CliResult r = test::run_cli({"run", built_package(kFixture, "ort", "fp32").string(), "--prompt", "hi"});
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("kvrun translate"), std::string::npos) << r.out;
+}
+
+class MarianPackage : public ::testing::TestWithParam<std::string> {};
+
+// Encoder states, then the decoder one position at a time on its cache: every step's logits
+// within 1e-4 of transformers'. Two rows (beams) of one sentence share its cross K/V and give
+// the same logits.
+TEST_P(MarianPackage, TeacherForcedLogitsMatchTransformers) {
+  runtime::Seq2SeqPackage pkg(built_package(kFixture, GetParam(), "fp32"));
+  const auto V = static_cast<size_t>(pkg.vocab_size());
+  for (const auto& k : logits_cases()) {
+    const auto e = pkg.encode(k.input_ids);
+    const double enc_diff = max_abs_diff(e.hidden.data(), k.encoder.data(), k.encoder.size());
+    auto st = pkg.new_state(2);
+    double worst = 0, rows = 0;
+    for (size_t t = 0; t < k.decoder_input_ids.size(); ++t) {
+      const int64_t tok = k.decoder_input_ids[t];
+      const std::vector<float> lg = pkg.decode(e, st, {tok, tok}, 1);
+      ASSERT_EQ(lg.size(), 2 * V);
+      worst = std::max(worst, max_abs_diff(lg.data(), k.logits.data() + t * V, V));
+      rows = std::max(rows, max_abs_diff(lg.data(), lg.data() + V, V));
+    }
+    std::printf("[ marian %s %s ] encoder %.2g, logits %.2g over %zu steps\n", GetParam().c_str(), k.key.c_str(),
+                enc_diff, worst, k.decoder_input_ids.size());
+    EXPECT_LE(enc_diff, kFp32Tol) << k.key;
+    EXPECT_LE(worst, kFp32Tol) << k.key;
+    EXPECT_EQ(rows, 0.0) << k.key;
+  }
+}
+
+// Greedy decoding through the package with HF's processors for this model (bad_words_ids
+// [[pad]], forced EOS at max_length - 1) gives transformers' greedy output for every golden
+// sentence.
+TEST_P(MarianPackage, GreedyMatchesTransformers) {
+  runtime::Seq2SeqPackage pkg(built_package(kFixture, GetParam(), "fp32"));
+  const nlohmann::json g = io::read_json_file(fixture(kFixture) / "golden.json");
+  const int64_t pad = g.at("special_ids").at("pad"), eos = g.at("special_ids").at("eos");
+  const int64_t max_length = g.at("generation_kwargs").at("greedy").at("max_length");
+  const auto V = pkg.vocab_size();
+  int compared = 0;
+  for (const auto& s : g.at("sentences")) {
+    const auto e = pkg.encode(s.at("input_ids").get<std::vector<int64_t>>());
+    auto st = pkg.new_state(1);
+    std::vector<int64_t> out = {pad};
+    while (static_cast<int64_t>(out.size()) < max_length) {
+      std::vector<float> lg = pkg.decode(e, st, {out.back()}, 1);
+      lg[static_cast<size_t>(pad)] = -INFINITY;
+      if (static_cast<int64_t>(out.size()) == max_length - 1)
+        for (int64_t v = 0; v < V; ++v)
+          if (v != eos) lg[static_cast<size_t>(v)] = -INFINITY;
+      out.push_back(std::max_element(lg.begin(), lg.end()) - lg.begin());
+      if (out.back() == eos) break;
+    }
+    EXPECT_EQ(out, s.at("greedy").get<std::vector<int64_t>>()) << s.at("text");
+    ++compared;
+  }
+  EXPECT_GE(compared, 6);
+}
+
+// kvrun verify checks a seq2seq package against the reference forward (encoder, first step,
+// decode steps with two beams sharing the cross K/V, greedy).
+TEST_P(MarianPackage, VerifyPasses) {
+  const test::CliResult r = test::run_cli(
+      {"verify", built_package(kFixture, GetParam(), "fp32").string(), "--greedy-tokens", "24", "--json"});
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  EXPECT_TRUE(j.at("passed").get<bool>()) << r.out;
+  std::vector<std::string> names;
+  for (const auto& c : j.at("checks")) names.push_back(c.at("name"));
+  EXPECT_EQ(names, (std::vector<std::string>{"encoder", "decoder-first", "decode-steps", "greedy"}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, MarianPackage, ::testing::Values("ort", "portable"));
+
+}  // namespace
+}  // namespace kvrun
