@@ -14,6 +14,7 @@
 #include "io/seq2seq_config.h"
 #include "kvrun/build.h"
 #include "reference/seq2seq_ref.h"
+#include "runtime/seq2seq_model.h"
 #include "runtime/seq2seq_package.h"
 #include "test_util.h"
 
@@ -216,6 +217,76 @@ TEST_P(MarianPackage, VerifyPasses) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Targets, MarianPackage, ::testing::Values("ort", "portable"));
+
+// The translation runtime on every layout it reads: kvrun's own packages (both targets),
+// optimum's merged and split exports, and a decoder that recomputes cross-attention from
+// encoder_hidden_states (seeds.md part 5). All golden sentences in one batch, greedy with
+// HF's processors: every row equals transformers' greedy output.
+class Seq2SeqLayouts : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Seq2SeqLayouts, BatchedGreedyMatchesTransformers) {
+  const std::string p = GetParam();
+  const std::filesystem::path dir = p == "kvrun-ort"        ? built_package(kFixture, "ort", "fp32")
+                                    : p == "kvrun-portable" ? built_package(kFixture, "portable", "fp32")
+                                                            : fixture(kFixture) / "onnx" / p;
+  const auto m = runtime::Seq2SeqModel::open(dir);
+  EXPECT_EQ(m->layout(), p.starts_with("kvrun") ? "kvrun"
+                         : p == "merged"        ? "optimum-merged"
+                         : p == "split"         ? "optimum-split"
+                                                : "recompute");
+  const nlohmann::json g = io::read_json_file(fixture(kFixture) / "golden.json");
+  const TokenId pad = g.at("special_ids").at("pad"), eos = g.at("special_ids").at("eos");
+  const int64_t max_length = g.at("generation_kwargs").at("greedy").at("max_length");
+  std::vector<std::vector<int64_t>> sources;
+  for (const auto& s : g.at("sentences")) sources.push_back(s.at("input_ids").get<std::vector<int64_t>>());
+  const auto rows = static_cast<int64_t>(sources.size());
+  auto batch = m->start(sources, 1);
+  std::vector<std::vector<int64_t>> out(sources.size(), std::vector<int64_t>{pad});
+  std::vector<TokenId> next(sources.size(), pad);
+  std::vector<float> lg;
+  for (int64_t len = 1; len < max_length; ++len) {
+    m->step(*batch, next, lg);
+    for (int64_t r = 0; r < rows; ++r) {
+      auto& o = out[static_cast<size_t>(r)];
+      if (o.back() == eos) {
+        next[static_cast<size_t>(r)] = pad;  // finished rows are fed pad, as HF does
+        continue;
+      }
+      float* row = lg.data() + r * m->vocab();
+      row[pad] = -INFINITY;
+      if (len == max_length - 1)
+        for (int64_t v = 0; v < m->vocab(); ++v)
+          if (v != eos) row[v] = -INFINITY;
+      o.push_back(std::max_element(row, row + m->vocab()) - row);
+      next[static_cast<size_t>(r)] = static_cast<TokenId>(o.back());
+    }
+  }
+  for (size_t r = 0; r < sources.size(); ++r)
+    EXPECT_EQ(out[r], g.at("sentences")[r].at("greedy").get<std::vector<int64_t>>()) << p << " row " << r;
+}
+
+// A decoder the runtime cannot feed (here optimum's first-step decoder on its own: no
+// self-attention cache inputs) is refused with its signature listed, never run.
+TEST(Seq2SeqLayoutsErrors, UnfeedableDecoderAndMissingFiles) {
+  test::TempDir tmp;
+  const auto split = fixture(kFixture) / "onnx" / "split";
+  std::filesystem::copy(split / "encoder_model.onnx", tmp.path() / "encoder_model.onnx");
+  expect_error([&] { runtime::Seq2SeqModel::open(tmp.path()); }, {"no decoder beside it"});
+  std::filesystem::copy(split / "decoder_model.onnx", tmp.path() / "decoder_model.onnx");
+  expect_error([&] { runtime::Seq2SeqModel::open(tmp.path()); },
+               {"does not match a signature kvrun can feed", "recompute", "encoder_hidden_states  float32",
+                "no past_key_values.{i}.decoder.key/value inputs"});
+  expect_error([&] { runtime::Seq2SeqModel::open(tmp.path() / "nothing"); }, {"no translation model here"});
+}
+
+INSTANTIATE_TEST_SUITE_P(Marian, Seq2SeqLayouts,
+                         ::testing::Values("kvrun-ort", "kvrun-portable", "merged", "split", "recompute"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (auto& c : s)
+                             if (c == '-') c = '_';
+                           return s;
+                         });
 
 }  // namespace
 }  // namespace kvrun
