@@ -38,6 +38,8 @@ class Tokenizer {
   // (*.json: tokenizer.json format; a GGUF file (magic "GGUF"): its own tokenizer.ggml.*
   // vocabulary, bos/eos/pad from its ids; other: SentencePiece model). tokenizer_config.json
   // next to a tokenizer.json or SentencePiece file, when present, supplies bos/eos/pad tokens.
+  // A Marian / OPUS-MT folder (source.spm + vocab.json, no tokenizer.json) loads as the
+  // MarianTokenizer of transformers (source side; src/text/marian_tokenizer.h).
   static std::unique_ptr<Tokenizer> load(const std::filesystem::path& path);
   virtual ~Tokenizer();
 

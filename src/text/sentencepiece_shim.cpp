@@ -81,6 +81,67 @@ __attribute__((visibility("default"))) int64_t kvrun_spm_decode(void* h, const i
   }
 }
 
+// Encodes text into pieces (SentencePieceProcessor::Encode to strings: an unknown run is
+// its surface text); writes [uint32 length][bytes] per piece, up to cap bytes; returns
+// the bytes needed (call again with a larger buffer when it exceeds cap), or -1 with err set.
+__attribute__((visibility("default"))) int64_t kvrun_spm_encode_pieces(void* h, const char* text, size_t len, char* out,
+                                                                       size_t cap, char* err, size_t err_cap) {
+  try {
+    std::vector<std::string> pieces;
+    const auto st = sp(h)->Encode(std::string_view(text, len), &pieces);
+    if (!st.ok()) {
+      set_err(err, err_cap, st.ToString());
+      return -1;
+    }
+    size_t pos = 0;
+    for (const auto& p : pieces) {
+      const auto n = static_cast<uint32_t>(p.size());
+      if (pos + 4 + n <= cap) {
+        std::memcpy(out + pos, &n, 4);
+        std::memcpy(out + pos + 4, p.data(), n);
+      }
+      pos += 4 + n;
+    }
+    return static_cast<int64_t>(pos);
+  } catch (const std::exception& e) {
+    set_err(err, err_cap, e.what());
+    return -1;
+  }
+}
+
+// Decodes pieces given as [uint32 length][bytes] each (SentencePieceProcessor::Decode of
+// strings: a piece the model lacks comes out verbatim); writes up to cap bytes; returns
+// the text length, or -1 with err set.
+__attribute__((visibility("default"))) int64_t kvrun_spm_decode_pieces(void* h, const char* in, size_t len, char* out,
+                                                                       size_t cap, char* err, size_t err_cap) {
+  try {
+    std::vector<std::string> pieces;
+    size_t pos = 0;
+    while (pos + 4 <= len) {
+      uint32_t n = 0;
+      std::memcpy(&n, in + pos, 4);
+      pos += 4;
+      if (n > len - pos) {
+        set_err(err, err_cap, "truncated piece list");
+        return -1;
+      }
+      pieces.emplace_back(in + pos, n);
+      pos += n;
+    }
+    std::string s;
+    const auto st = sp(h)->Decode(pieces, &s);
+    if (!st.ok()) {
+      set_err(err, err_cap, st.ToString());
+      return -1;
+    }
+    std::memcpy(out, s.data(), std::min(cap, s.size()));
+    return static_cast<int64_t>(s.size());
+  } catch (const std::exception& e) {
+    set_err(err, err_cap, e.what());
+    return -1;
+  }
+}
+
 __attribute__((visibility("default"))) int32_t kvrun_spm_piece_size(void* h) { return sp(h)->GetPieceSize(); }
 __attribute__((visibility("default"))) int32_t kvrun_spm_piece_to_id(void* h, const char* s, size_t n) {
   return sp(h)->PieceToId(std::string_view(s, n));

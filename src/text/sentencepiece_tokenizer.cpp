@@ -1,11 +1,6 @@
 // SentencePiece models (*.model) through libsentencepiece, reached via the C shim
 // libkvrun_sentencepiece.so loaded with dlmopen() (see sentencepiece_shim.cpp for why).
-#include <dlfcn.h>
-#include <unistd.h>
-
-#include <cstdlib>
-#include <mutex>
-
+#include "text/spm_api.h"
 #include "text/tokenizer_impl.h"
 #include "text/utf8.h"
 
@@ -13,68 +8,6 @@ namespace kvrun::text {
 namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-struct SpmApi {
-  void* (*load)(const char*, char*, size_t) = nullptr;
-  void (*free)(void*) = nullptr;
-  int64_t (*encode)(void*, const char*, size_t, int32_t*, size_t, char*, size_t) = nullptr;
-  int64_t (*decode)(void*, const int32_t*, size_t, char*, size_t, char*, size_t) = nullptr;
-  int32_t (*piece_size)(void*) = nullptr;
-  int32_t (*piece_to_id)(void*, const char*, size_t) = nullptr;
-  int64_t (*id_to_piece)(void*, int32_t, char*, size_t) = nullptr;
-  int32_t (*is_control)(void*, int32_t) = nullptr;
-  int32_t (*special_id)(void*, int32_t) = nullptr;
-  std::string error;  // why it could not be loaded
-};
-
-const SpmApi& spm_api() {
-  static SpmApi api;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    std::vector<std::string> candidates;
-    if (const char* env = std::getenv("KVRUN_SENTENCEPIECE_SHIM")) candidates.emplace_back(env);
-    std::error_code ec;
-    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-    if (!ec) {
-      candidates.push_back((exe.parent_path() / "libkvrun_sentencepiece.so").string());
-      candidates.push_back((exe.parent_path() / ".." / "lib" / "libkvrun_sentencepiece.so").string());
-    }
-#ifdef KVRUN_SENTENCEPIECE_SHIM
-    candidates.emplace_back(KVRUN_SENTENCEPIECE_SHIM);
-#endif
-    void* lib = nullptr;
-    std::string tried;
-    for (const auto& c : candidates) {
-      if (!fs::exists(c, ec)) {
-        tried += " " + c + " (absent)";
-        continue;
-      }
-      lib = dlmopen(LM_ID_NEWLM, c.c_str(), RTLD_NOW | RTLD_LOCAL);
-      if (lib) break;
-      const char* e = dlerror();
-      tried += " " + c + " (" + (e ? e : "dlmopen failed") + ")";
-    }
-    if (!lib) {
-      api.error = "SentencePiece support library libkvrun_sentencepiece.so not loadable; tried:" + tried;
-      return;
-    }
-    auto sym = [&](auto& fn, const char* name) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
-      if (!fn && api.error.empty()) api.error = std::string("libkvrun_sentencepiece.so lacks ") + name;
-    };
-    sym(api.load, "kvrun_spm_load");
-    sym(api.free, "kvrun_spm_free");
-    sym(api.encode, "kvrun_spm_encode");
-    sym(api.decode, "kvrun_spm_decode");
-    sym(api.piece_size, "kvrun_spm_piece_size");
-    sym(api.piece_to_id, "kvrun_spm_piece_to_id");
-    sym(api.id_to_piece, "kvrun_spm_id_to_piece");
-    sym(api.is_control, "kvrun_spm_is_control");
-    sym(api.special_id, "kvrun_spm_special_id");
-  });
-  if (!api.error.empty()) throw Error(api.error);
-  return api;
-}
 
 class SentencePieceTokenizer final : public Tokenizer {
  public:

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "io/fs.h"
+#include "text/marian_tokenizer.h"
 #include "text/tokenizer_impl.h"
 #include "text/utf8.h"
 
@@ -48,6 +49,9 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const fs::path& path) {
     }
     std::sort(models.begin(), models.end());
     std::sort(names.begin(), names.end());
+    if (!fs::is_regular_file(path / "tokenizer.json") && fs::is_regular_file(path / "source.spm") &&
+        fs::is_regular_file(path / "vocab.json"))  // Marian / OPUS-MT
+      return text::MarianTokenizer::load(path);
     if (fs::is_regular_file(path / "tokenizer.json")) {
       file = path / "tokenizer.json";
     } else if (fs::is_regular_file(path / "tokenizer.model")) {
