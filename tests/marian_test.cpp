@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "io/seq2seq_config.h"
 #include "kvrun/build.h"
+#include "kvrun/translate.h"
 #include "reference/seq2seq_ref.h"
 #include "runtime/seq2seq_model.h"
 #include "runtime/seq2seq_package.h"
@@ -277,6 +278,58 @@ TEST(Seq2SeqLayoutsErrors, UnfeedableDecoderAndMissingFiles) {
                {"does not match a signature kvrun can feed", "recompute", "encoder_hidden_states  float32",
                 "no past_key_values.{i}.decoder.key/value inputs"});
   expect_error([&] { runtime::Seq2SeqModel::open(tmp.path() / "nothing"); }, {"no translation model here"});
+}
+
+// kvrun::Translator (text in, text out) with the model's generation_config (beam 4, max_length
+// 32, pad banned, forced EOS, renormalized): HF's beam output and sequences_scores for every
+// golden sentence, one at a time and all in one batch (finished sentences leave it), and HF's
+// 4-best lists.
+TEST_P(Seq2SeqLayouts, BeamSearchMatchesTransformers) {
+  const std::string p = GetParam();
+  const std::filesystem::path dir = p == "kvrun-ort"        ? built_package(kFixture, "ort", "fp32")
+                                    : p == "kvrun-portable" ? built_package(kFixture, "portable", "fp32")
+                                                            : fixture(kFixture) / "onnx" / p;
+  const auto t = Translator::load(dir);
+  const nlohmann::json g = io::read_json_file(fixture(kFixture) / "golden.json");
+  std::vector<std::string> texts;
+  for (const auto& s : g.at("sentences")) texts.push_back(s.at("text"));
+  auto without_start = [](const nlohmann::json& seq) {
+    const auto v = seq.get<std::vector<int64_t>>();
+    return std::vector<TokenId>(v.begin() + 1, v.end());
+  };
+  for (const int64_t batch : {int64_t{1}, int64_t{8}}) {
+    TranslateOptions o;
+    o.batch_size = batch;
+    const auto r = t->translate(texts, o);
+    ASSERT_EQ(r.size(), texts.size());
+    for (size_t i = 0; i < texts.size(); ++i) {
+      const auto& s = g.at("sentences")[i];
+      if (texts[i].empty()) {  // an empty line gives an empty translation (HF would translate "</s>")
+        EXPECT_TRUE(r[i].hypotheses.empty());
+        continue;
+      }
+      ASSERT_EQ(r[i].hypotheses.size(), 1u);
+      EXPECT_EQ(r[i].source_tokens, static_cast<int64_t>(s.at("input_ids").size())) << i;
+      EXPECT_EQ(r[i].hypotheses[0].tokens, without_start(s.at("beam"))) << p << " batch " << batch << " sentence " << i;
+      EXPECT_NEAR(r[i].hypotheses[0].score, s.at("beam_score").get<double>(), 1e-4) << p << " sentence " << i;
+      EXPECT_EQ(r[i].hypotheses[0].text, s.at("beam_text").get<std::string>()) << p << " sentence " << i;
+    }
+  }
+  TranslateOptions nb;
+  nb.n_best = 4;
+  const auto r = t->translate(texts, nb);
+  int lists = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const auto& s = g.at("sentences")[i];
+    if (!s.contains("nbest")) continue;
+    ASSERT_EQ(r[i].hypotheses.size(), 4u);
+    for (size_t k = 0; k < 4; ++k) {
+      EXPECT_EQ(r[i].hypotheses[k].tokens, without_start(s.at("nbest")[k])) << p << " sentence " << i << " #" << k;
+      EXPECT_NEAR(r[i].hypotheses[k].score, s.at("nbest_scores")[k].get<double>(), 1e-4) << i << " #" << k;
+    }
+    ++lists;
+  }
+  EXPECT_GE(lists, 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Marian, Seq2SeqLayouts,

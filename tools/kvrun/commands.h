@@ -53,5 +53,7 @@ Command add_quantize_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 // kvrun transcribe (cmd_transcribe.cpp)
 Command add_transcribe_command(CLI::App& app);
+// kvrun translate (cmd_translate.cpp)
+Command add_translate_command(CLI::App& app);
 
 }  // namespace kvrun::cli

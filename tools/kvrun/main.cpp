@@ -126,6 +126,7 @@ int main(int argc, char** argv) {
   commands.push_back(kvrun::cli::add_quantize_command(app));
   commands.push_back(kvrun::cli::add_bench_command(app));
   commands.push_back(kvrun::cli::add_transcribe_command(app));
+  commands.push_back(kvrun::cli::add_translate_command(app));
 
   try {
     app.parse(argc, argv);

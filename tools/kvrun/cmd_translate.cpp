@@ -1,0 +1,95 @@
+// kvrun translate: one translation per input line with a seq2seq (Marian) package.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "kvrun/error.h"
+#include "kvrun/translate.h"
+
+namespace kvrun::cli {
+namespace {
+
+struct TranslateCliOptions {
+  std::string model, file;
+  std::vector<std::string> text;
+  TranslateOptions opt;
+  int threads = 0;
+  bool json = false, stats = false;
+};
+
+// Lines of --text, --file or stdin (one sentence per line; a final newline adds none).
+std::vector<std::string> read_sources(const TranslateCliOptions& o) {
+  if (!o.text.empty()) return o.text;
+  std::vector<std::string> lines;
+  std::string line;
+  if (!o.file.empty()) {
+    std::ifstream f(o.file);
+    if (!f) throw Error(o.file + ": cannot open");
+    while (std::getline(f, line)) lines.push_back(line);
+    return lines;
+  }
+  while (std::getline(std::cin, line)) lines.push_back(line);
+  return lines;
+}
+
+int run_translate(TranslateCliOptions& o) {
+  o.opt.validate();
+  const auto t = Translator::load(o.model, o.threads);
+  const std::vector<std::string> sources = read_sources(o);
+  TranslateStats st;
+  const std::vector<Translation> out = t->translate(sources, o.opt, &st);
+  for (size_t i = 0; i < out.size(); ++i) {
+    const Translation& r = out[i];
+    if (o.json) {
+      nlohmann::json hyps = nlohmann::json::array();
+      for (const auto& h : r.hypotheses) hyps.push_back({{"text", h.text}, {"tokens", h.tokens}, {"score", h.score}});
+      const nlohmann::json j = {{"source", sources[i]},
+                                {"text", r.hypotheses.empty() ? "" : r.hypotheses[0].text},
+                                {"hypotheses", hyps},
+                                {"source_tokens", r.source_tokens}};
+      std::puts(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    } else if (o.opt.n_best > 1) {
+      for (const auto& h : r.hypotheses) std::printf("%zu\t%.6f\t%s\n", i + 1, h.score, h.text.c_str());
+    } else {
+      std::printf("%s\n", r.hypotheses.empty() ? "" : r.hypotheses[0].text.c_str());
+    }
+  }
+  if (o.stats)
+    std::fprintf(stderr,
+                 "translated %lld sentences: %lld source tokens, %lld target tokens in %.3f s (%.1f target tokens/s)\n",
+                 static_cast<long long>(st.sentences), static_cast<long long>(st.source_tokens),
+                 static_cast<long long>(st.target_tokens), st.seconds,
+                 st.seconds > 0 ? static_cast<double>(st.target_tokens) / st.seconds : 0.0);
+  return 0;
+}
+
+}  // namespace
+
+Command add_translate_command(CLI::App& app) {
+  auto o = std::make_shared<TranslateCliOptions>();
+  auto* c =
+      app.add_subcommand("translate",
+                         "Translate text with a seq2seq (Marian / OPUS-MT) package: one translation per input line "
+                         "(--text, --file or stdin), in input order");
+  c->add_option("model", o->model, "kvrun package folder built from a MarianMTModel checkpoint")->required();
+  c->add_option("--text", o->text, "Sentences to translate (repeatable); default: --file or stdin");
+  c->add_option("--file", o->file, "A text file, one sentence per line");
+  c->add_option("--beams", o->opt.num_beams, "Beam size (1: greedy); default: the model's generation_config num_beams");
+  c->add_option("--batch-size", o->opt.batch_size, "Sentences run together (sorted by length)")->capture_default_str();
+  c->add_option(
+      "--max-length", o->opt.max_length,
+      "Longest output in tokens including the start token; default: the model's generation_config max_length");
+  c->add_option("--n-best", o->opt.n_best, "Hypotheses printed per sentence (tab-separated: line, score, text)")
+      ->capture_default_str();
+  c->add_option("--threads", o->threads, "ONNX Runtime intra-op threads (0: one per core)")->capture_default_str();
+  c->add_flag("--json", o->json, "One JSON object per line: source, text, hypotheses (text, tokens, score)");
+  c->add_flag("--stats", o->stats, "Print sentences, tokens and target tokens/s on stderr");
+  return {c, [o] { return run_translate(*o); }};
+}
+
+}  // namespace kvrun::cli
