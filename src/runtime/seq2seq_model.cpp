@@ -17,6 +17,7 @@ using nlohmann::json;
 
 struct Seq2SeqModel::Batch {
   int64_t beams = 1, rows = 0, length = 0, target = 0;  // length: source positions; target: decoded
+  int64_t capacity = 0;                                 // shared mode: positions the self buffers hold
   std::vector<int64_t> live;                            // sentences still running (start() order)
   // per unit: a sentence (kvrun's cross K/V and mask) or a row (the other layouts)
   HostTensor enc_mask, hidden;
@@ -68,6 +69,22 @@ int64_t config_int(const json& c, const char* key, int64_t dflt) {
   return c.contains(key) && c[key].is_number_integer() ? c[key].get<int64_t>() : dflt;
 }
 
+// Shared buffers [rows, H, cap, D]: rows i of `out` = rows src[i] of `in`, positions [0, n)
+// of each head copied (the rest is never read); `cap_out` may differ from the input's.
+void copy_heads(const HostTensor& in, HostTensor& out, const std::vector<int64_t>& src, int64_t n, int64_t cap_out) {
+  const int64_t H = in.shape[1], cap_in = in.shape[2], D = in.shape[3];
+  const size_t es = io::dtype_size(in.dtype), pos = static_cast<size_t>(D) * es;
+  out.dtype = in.dtype;
+  out.shape = {static_cast<int64_t>(src.size()), H, cap_out, D};
+  out.bytes.resize(src.size() * static_cast<size_t>(H * cap_out) * pos);
+  for (size_t i = 0; i < src.size(); ++i)
+    for (int64_t h = 0; h < H; ++h)
+      std::memcpy(out.bytes.data() +
+                      ((i * static_cast<size_t>(H) + static_cast<size_t>(h)) * static_cast<size_t>(cap_out)) * pos,
+                  in.bytes.data() + ((static_cast<size_t>(src[i] * H + h)) * static_cast<size_t>(cap_in)) * pos,
+                  static_cast<size_t>(n) * pos);
+}
+
 }  // namespace
 
 std::unique_ptr<Seq2SeqModel> Seq2SeqModel::open(const fs::path& dir, const SessionConfig& sc) {
@@ -86,6 +103,7 @@ std::unique_ptr<Seq2SeqModel> Seq2SeqModel::open(const fs::path& dir, const Sess
       throw Error((dir / "kvrun.json").string() + ": " + e.what());
     }
     m->cross_from_encoder_ = m->cross_per_sentence_ = true;
+    m->shared_ = man.value("kv_cache", json::object()).value("past_present_share_buffer", false);
   } else {
     const auto enc = find_graph(dir, "encoder_model");
     if (!enc)
@@ -248,6 +266,7 @@ std::shared_ptr<Seq2SeqModel::Batch> Seq2SeqModel::start(const std::vector<std::
     const IoInfo* p = step_->find_input(layer_name("past_key_values.", l, ".decoder.key"));
     std::vector<int64_t> shp = p->shape;
     shp[0] = b->rows, shp[2] = 0;
+    if (shared_) shp[2] = b->capacity = 16;
     if (shp[1] < 0 || shp[3] < 0) shp[1] = shp[1] < 0 ? 1 : shp[1], shp[3] = shp[3] < 0 ? 1 : shp[3];
     b->self_k.push_back(HostTensor::zeros(pk->dtype, shp));
     b->self_v.push_back(HostTensor::zeros(pk->dtype, shp));
@@ -260,6 +279,18 @@ void Seq2SeqModel::step(Batch& b, const std::vector<TokenId>& tokens, std::vecto
     throw Error("step: " + std::to_string(tokens.size()) + " tokens for " + std::to_string(b.rows) + " rows");
   const bool first = b.target == 0;
   Session& s = first && first_ ? *first_ : *step_;
+  if (shared_ && b.target + 1 > b.capacity) {  // double the self buffers, keeping their rows
+    std::vector<int64_t> same(static_cast<size_t>(b.rows));
+    for (int64_t i = 0; i < b.rows; ++i) same[static_cast<size_t>(i)] = i;
+    const int64_t cap = std::max<int64_t>(2 * b.capacity, b.target + 1);
+    for (auto* set : {&b.self_k, &b.self_v})
+      for (auto& t : *set) {
+        HostTensor grown;
+        copy_heads(t, grown, same, b.target, cap);
+        t = std::move(grown);
+      }
+    b.capacity = cap;
+  }
   std::vector<HostTensor> own;  // inputs made for this call
   own.reserve(8);
   own.push_back(HostTensor::from_i64(std::vector<int64_t>(tokens.begin(), tokens.end()), {b.rows, 1}));
@@ -314,7 +345,21 @@ void Seq2SeqModel::step(Batch& b, const std::vector<TokenId>& tokens, std::vecto
       outs.push_back(layer_name("present.", l, ".encoder.key"));
       outs.push_back(layer_name("present.", l, ".encoder.value"));
     }
-  std::vector<Ort::Value> r = s.run(names, vals, outs);
+  std::vector<Ort::Value> r;
+  if (shared_) {  // presents are the past buffers themselves
+    std::vector<const char*> in_names, out_names;
+    for (const auto& n : names) in_names.push_back(n.c_str());
+    for (const auto& n : outs) out_names.push_back(n.c_str());
+    r.emplace_back(nullptr);
+    for (int64_t l = 0; l < layers_; ++l) {
+      r.push_back(b.self_k[static_cast<size_t>(l)].view());
+      r.push_back(b.self_v[static_cast<size_t>(l)].view());
+    }
+    for (size_t i = r.size(); i < outs.size(); ++i) r.emplace_back(nullptr);
+    s.run_into(in_names, vals, out_names, r);
+  } else {
+    r = s.run(names, vals, outs);
+  }
   const std::vector<int64_t> ls = shape_of(r[0]);
   const int64_t V = ls.back(), seq = ls.size() == 3 ? ls[1] : 1;
   if (ls[0] != b.rows || V != vocab_)
@@ -324,7 +369,7 @@ void Seq2SeqModel::step(Batch& b, const std::vector<TokenId>& tokens, std::vecto
   logits.resize(static_cast<size_t>(b.rows * V));
   for (int64_t i = 0; i < b.rows; ++i)
     std::memcpy(logits.data() + i * V, all.data() + (i * seq + seq - 1) * V, static_cast<size_t>(V) * 4);
-  for (int64_t l = 0; l < layers_; ++l) {
+  for (int64_t l = 0; l < layers_ && !shared_; ++l) {
     b.self_k[static_cast<size_t>(l)] = to_host(r[static_cast<size_t>(1 + 2 * l)]);
     b.self_v[static_cast<size_t>(l)] = to_host(r[static_cast<size_t>(2 + 2 * l)]);
   }
@@ -337,8 +382,17 @@ void Seq2SeqModel::step(Batch& b, const std::vector<TokenId>& tokens, std::vecto
 }
 
 void Seq2SeqModel::reorder(Batch& b, const std::vector<int64_t>& src, const std::vector<int64_t>& sentences) {
-  for (auto& t : b.self_k) gather_rows(t, src);
-  for (auto& t : b.self_v) gather_rows(t, src);
+  if (shared_) {
+    HostTensor scratch;
+    for (auto* set : {&b.self_k, &b.self_v})
+      for (auto& t : *set) {
+        copy_heads(t, scratch, src, b.target, b.capacity);
+        std::swap(t, scratch);
+      }
+  } else {
+    for (auto& t : b.self_k) gather_rows(t, src);
+    for (auto& t : b.self_v) gather_rows(t, src);
+  }
   if (cross_per_sentence_) {
     if (sentences != b.live) {  // positions in the current live list of the sentences kept
       std::vector<int64_t> keep;

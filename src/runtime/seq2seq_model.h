@@ -57,6 +57,10 @@ class Seq2SeqModel {
   bool takes_self_mask_ = false;     // kvrun: attention_mask over the target positions
   bool has_cache_branch_ = false;    // optimum-merged: use_cache_branch
   bool cross_inputs_ = false;        // the step decoder takes past_key_values.{i}.encoder.*
+  // kvrun ort packages: one self-attention buffer per layer and K/V, [rows, heads, capacity,
+  // head_dim], bound as past and present (GroupQueryAttention writes the new row in place);
+  // reorder() copies only the rows' valid positions.
+  bool shared_ = false;
 };
 
 }  // namespace kvrun::runtime
