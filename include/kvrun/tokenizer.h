@@ -41,7 +41,7 @@ class Tokenizer {
   // A Marian / OPUS-MT folder (source.spm + vocab.json, no tokenizer.json) loads as the
   // MarianTokenizer of transformers (source side; src/text/marian_tokenizer.h).
   static std::unique_ptr<Tokenizer> load(const std::filesystem::path& path);
-  virtual ~Tokenizer();
+  virtual ~Tokenizer() = default;
 
   // Text (UTF-8) -> ids. Added/special tokens written in the text ("<|im_end|>") are
   // recognised as such. add_special_tokens applies the post-processor (e.g. Llama 3.1

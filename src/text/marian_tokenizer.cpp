@@ -127,7 +127,7 @@ void add_unique(std::vector<std::string>& v, const std::string& s) {
 }
 
 // Reads the special-token keys of a tokenizer_config.json / special_tokens_map.json object.
-void read_special_tokens(const json& j, const std::string& name, MarianConfig& c,
+void read_special_tokens(const json& j, const std::string& name,
                          std::vector<std::pair<std::string, std::string>>& named, std::vector<std::string>& extras) {
   auto set_named = [&](const std::string& key, const std::optional<std::string>& v) {
     auto it = std::find_if(named.begin(), named.end(), [&](const auto& p) { return p.first == key; });
@@ -157,7 +157,6 @@ void read_special_tokens(const json& j, const std::string& name, MarianConfig& c
       throw Error(name + ": " + list_key + " is " + describe(v) + ", expected a list of tokens");
     }
   }
-  (void)c;
 }
 
 }  // namespace
@@ -249,7 +248,7 @@ MarianConfig parse_marian_config(std::string_view config_json, const std::string
     c.clean_up_tokenization_spaces = flag(j, "clean_up_tokenization_spaces", config_name, "config");
     if (j.contains("source_lang") && j["source_lang"].is_string()) c.source_lang = j["source_lang"];
     if (j.contains("target_lang") && j["target_lang"].is_string()) c.target_lang = j["target_lang"];
-    read_special_tokens(j, config_name, c, named, extras);
+    read_special_tokens(j, config_name, named, extras);
     if (j.contains("added_tokens_decoder") && !j["added_tokens_decoder"].is_null()) {
       const json& d = j["added_tokens_decoder"];
       if (!d.is_object())
@@ -278,7 +277,7 @@ MarianConfig parse_marian_config(std::string_view config_json, const std::string
     const json j = parse_json(special_map_json, special_map_name);
     if (!j.is_object())
       throw Error(special_map_name + ": expected a JSON object, found a JSON " + std::string(j.type_name()));
-    read_special_tokens(j, special_map_name, c, named, extras);
+    read_special_tokens(j, special_map_name, named, extras);
   }
   auto take = [&](const char* key, std::string& out, const std::string& from) {
     auto it = std::find_if(named.begin(), named.end(), [&](const auto& p) { return p.first == key; });

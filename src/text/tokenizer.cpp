@@ -12,8 +12,6 @@ namespace kvrun {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-Tokenizer::~Tokenizer() = default;
-
 namespace text {
 
 std::optional<SpecialToken> config_token(const json& config, const char* key, const Tokenizer& tok) {
