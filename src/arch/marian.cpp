@@ -34,6 +34,7 @@ struct MarianEmitter {
   const MarianEmbeddingNames& emb;
   Net n;
   Target target;
+  bool untie_head = false;
   std::map<std::string, std::string> consts;
 
   int64_t d() const { return c.d_model; }
@@ -290,7 +291,8 @@ struct MarianEmitter {
     // logits = h @ lm_head^T + final_logits_bias (Gemm reads the tied table in place)
     const int64_t V = c.decoder_vocab_size;
     const std::string L = "/lm_head";
-    const std::string E = matrix(emb.lm_head, V);
+    const std::string E =
+        untie_head ? n.weight("lm_head.weight", {V, d()}, [&] { return w.f32(emb.lm_head); }) : matrix(emb.lm_head, V);
     const std::string bias = n.weight(kMarianFinalLogitsBias, {V}, [&] {
       return store.has(kMarianFinalLogitsBias) ? w.f32(kMarianFinalLogitsBias)
                                                : std::vector<float>(static_cast<size_t>(V));
@@ -331,7 +333,8 @@ std::vector<GraphSignature> build_marian(const io::Seq2SeqConfig& cfg, const io:
     GraphBuilder g(dir / file, "kvrun_marian_" + role, std::move(opsets), data);
     g.metadata("kvrun.role", role);
     g.metadata("kvrun.architecture", cfg.architecture);
-    MarianEmitter e{cfg, store, w, emb, Net{g, io::DType::F32, opt.target == Target::Ort}, opt.target, {}, {}};
+    MarianEmitter e{cfg,        store,          w,  emb, Net{g, io::DType::F32, opt.target == Target::Ort},
+                    opt.target, opt.untie_head, {}, {}};
     e.progress = [&](int64_t done) {
       if (progress) progress(done, total);
     };

@@ -30,6 +30,9 @@ namespace kvrun::arch {
 
 struct Seq2SeqBuildOptions {
   Target target = Target::Ort;
+  // The lm_head gets a weight of its own ("lm_head.weight") instead of reading the tied
+  // embedding table: int8/int4 builds quantize it while the lookups keep float rows.
+  bool untie_head = false;
 };
 
 // I/O names of the cross and self KV (printf-style with the layer index): optimum's.

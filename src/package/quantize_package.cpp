@@ -59,7 +59,9 @@ graph::QuantizeReport quantize_package_graphs(const fs::path& src, const fs::pat
   const std::string target = manifest.value("target", "");
   gopt.standard_ops = target == "portable";
   gopt.validate();
-  const std::string emb_file = manifest.at("embedding").value("file", "embedding.safetensors");
+  // decoder-only packages keep the embedding table in a file of its own, left as it is
+  const std::string emb_file =
+      manifest.contains("embedding") ? manifest.at("embedding").value("file", "embedding.safetensors") : "";
 
   std::vector<std::string> files;
   for (const auto& [role, g] : manifest.at("graphs").items())

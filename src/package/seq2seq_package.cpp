@@ -8,6 +8,7 @@
 #include "kvrun/error.h"
 #include "package/manifest.h"
 #include "package/package_parts.h"
+#include "package/quantize_package.h"
 
 namespace kvrun::build {
 namespace fs = std::filesystem;
@@ -31,9 +32,11 @@ bool is_seq2seq_folder(const fs::path& dir) {
 
 BuildResult build_seq2seq_package(const BuildOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (opt.precision != "fp32")
+  if (opt.precision != "fp32" && opt.precision != "int8" && opt.precision != "int4")
     throw Error("build: precision '" + opt.precision +
-                "' is not available for encoder-decoder (Marian) models yet; use --precision fp32");
+                "' is not available for encoder-decoder (Marian) models; use fp32, int8 or int4");
+  if (opt.precision == "int4" && opt.target == "portable")
+    throw Error("build: --precision int4 needs --target ort (MatMulNBits); portable packages take fp32 or int8");
   if (!opt.chat_template.empty()) throw Error("build: --chat-template does not apply to a translation model");
   const io::Seq2SeqConfig cfg = io::load_seq2seq_config(opt.checkpoint);
   const io::Seq2SeqGenerationConfig gen = io::load_seq2seq_generation_config(opt.checkpoint, cfg);
@@ -49,7 +52,8 @@ BuildResult build_seq2seq_package(const BuildOptions& opt) {
   auto progress = [&](int64_t d, int64_t t) {
     if (opt.progress) opt.progress("encoder-decoder", d, t);
   };
-  const std::vector<arch::GraphSignature> graphs = arch::build_marian(cfg, store, {target}, dir, progress);
+  const std::vector<arch::GraphSignature> graphs =
+      arch::build_marian(cfg, store, {target, opt.precision != "fp32"}, dir, progress);
 
   std::vector<std::string> copied;
   for (const char* f : kSeq2SeqFiles)
@@ -98,6 +102,18 @@ BuildResult build_seq2seq_package(const BuildOptions& opt) {
       {"source", {{"checkpoint", fs::absolute(opt.checkpoint).string()}, {"architecture", cfg.architecture}}},
   };
   io::write_text_file_atomic(dir / "kvrun.json", manifest.dump(2) + "\n");
+  // int8/int4: the fp32 graphs' MatMul/Gemm weights quantized in place (weight-only)
+  if (opt.precision == "int8" || opt.precision == "int4") {
+    graph::QuantizeOptions q = quant_options(opt);
+    q.progress = [&](int64_t d, int64_t t) {
+      if (opt.progress) opt.progress("quantize", d, t);
+    };
+    const graph::QuantizeReport rep = quantize_package_graphs(dir, dir, q);
+    json m = manifest;
+    m["precision"] = opt.precision;
+    m["quantization"] = quantization_record(q, rep);
+    io::write_text_file_atomic(dir / "kvrun.json", m.dump(2) + "\n");
+  }
   if (opt.load_check) {
     std::vector<std::string> files;
     for (const auto& g : graphs) files.push_back(g.file);

@@ -197,6 +197,51 @@ VerifyCheck check_audio_encoder(const fs::path& pkg, const nlohmann::json& asr, 
   return c;
 }
 
+// Pools agreement, KL and top-1 over every compared position (checks with positions > 0) and
+// gives the verdict: every check passes; quantized precisions add the pooled "all" row
+// (argmax agreement, or mean KL for a flat reference) that carries it.
+void pool_and_judge(VerifyReport& rep, bool quant, const std::string& gate) {
+  double agree_sum = 0, kl_sum = 0, top1_sum = 0, n = 0;
+  for (const auto& c : rep.checks) {
+    agree_sum += c.argmax_agreement * static_cast<double>(c.positions);
+    kl_sum += c.mean_kl * static_cast<double>(c.positions);
+    top1_sum += c.reference_top1 * static_cast<double>(c.positions);
+    n += static_cast<double>(c.positions);
+  }
+  rep.argmax_agreement = n > 0 ? agree_sum / n : 1.0;
+  rep.mean_kl = n > 0 ? kl_sum / n : 0.0;
+  rep.reference_top1 = n > 0 ? top1_sum / n : 1.0;
+  rep.passed = std::all_of(rep.checks.begin(), rep.checks.end(), [](const VerifyCheck& c) { return c.passed; });
+  if (quant) {
+    VerifyCheck all;
+    all.name = "all";
+    all.argmax_agreement = rep.argmax_agreement;
+    all.mean_kl = rep.mean_kl;
+    all.positions = static_cast<int64_t>(n);
+    all.reference_top1 = rep.reference_top1;
+    char d[200];
+    if (rep.reference_top1 >= kFlatTop1) {
+      all.passed = rep.argmax_agreement >= rep.min_agreement;
+      std::snprintf(d, sizeof d, "%lld positions, agreement needed >= %.0f%%", static_cast<long long>(n),
+                    100 * rep.min_agreement);
+    } else {
+      rep.flat_reference = true;
+      rep.max_kl = max_kl_for_flat(gate);
+      all.passed = rep.argmax_agreement >= rep.min_agreement || rep.mean_kl <= rep.max_kl;
+      std::snprintf(d, sizeof d,
+                    "%lld positions; flat reference (mean top-1 p %.4f < %.2f): argmax is noise, mean KL needed <= "
+                    "%.0e",
+                    static_cast<long long>(n), rep.reference_top1, kFlatTop1, rep.max_kl);
+    }
+    all.detail = d;
+    for (const auto& c : rep.checks)
+      if (c.positions > 0) all.max_abs_diff = std::max(all.max_abs_diff, c.max_abs_diff);
+    rep.checks.push_back(all);
+    rep.passed = all.passed && std::all_of(rep.checks.begin(), rep.checks.end(),
+                                           [](const VerifyCheck& c) { return c.positions > 0 || c.passed; });
+  }
+}
+
 // A seq2seq (Marian) package against reference::Seq2SeqRef: the encoder output, the first
 // decoder step, decode steps on the cache (two beams of one sentence sharing its cross K/V,
 // teacher-forced on the reference's greedy tokens) and the greedy continuation (pad banned,
@@ -214,7 +259,14 @@ VerifyReport verify_seq2seq(const VerifyOptions& opt, const nlohmann::json& mani
     throw Error("verify: checkpoint " + ckpt.string() + " does not match the package (target vocabularies differ)");
   const reference::Seq2SeqRef ref(cfg, io::TensorStore(ckpt));
   const int64_t V = cfg.decoder_vocab_size;
-  const double tol = tolerance_for("fp32");
+  // int8/int4 packages: argmax agreement pooled over the decoder checks, as for decoders; the
+  // encoder by its error relative to its largest value (encoder_gate)
+  const std::string gate = manifest.value("precision", "fp32");
+  const bool quant = quantized(gate);
+  const double tol = tolerance_for(gate);
+  auto cmp = [&](const std::string& name, const std::vector<float>& r, const std::vector<float>& g) {
+    return quant ? compare_quantized(name, r, g, V) : compare(name, r, g, V, tol);
+  };
   std::vector<int64_t> source = opt.prompt;
   if (source.empty()) {
     for (int64_t id : default_prompt(cfg.vocab_size))
@@ -225,7 +277,8 @@ VerifyReport verify_seq2seq(const VerifyOptions& opt, const nlohmann::json& mani
     if (id < 0 || id >= cfg.vocab_size)
       throw Error("verify: source id " + std::to_string(id) + " outside the vocabulary");
   VerifyReport rep;
-  rep.precision = manifest.value("precision", "fp32");
+  rep.precision = gate;
+  rep.min_agreement = min_agreement_for(gate);
   // (a) encoder output, relative to its largest value
   const auto src_len = static_cast<int64_t>(source.size());
   const std::vector<float> enc_ref = ref.encode(source);
@@ -238,7 +291,7 @@ VerifyReport verify_seq2seq(const VerifyOptions& opt, const nlohmann::json& mani
       scale = std::max(scale, static_cast<double>(std::fabs(enc_ref[i])));
       c.max_abs_diff = std::max(c.max_abs_diff, static_cast<double>(std::fabs(enc_ref[i] - enc.hidden[i])));
     }
-    c.tolerance = tol * scale;
+    c.tolerance = (quant ? encoder_gate(gate) : tol) * scale;
     c.positions = 0;
     c.passed = enc.hidden.size() == enc_ref.size() && c.max_abs_diff <= c.tolerance;
     c.detail = std::to_string(src_len) + " source positions";
@@ -267,10 +320,10 @@ VerifyReport verify_seq2seq(const VerifyOptions& opt, const nlohmann::json& mani
     got_rows.insert(got_rows.end(), lg.begin(), lg.begin() + V);
     for (int64_t k = 0; k < V; ++k) beam_diff = std::max(beam_diff, static_cast<double>(std::fabs(lg[k] - lg[V + k])));
   }
-  rep.checks.push_back(compare("decoder-first", {ref_rows.begin(), ref_rows.begin() + V},
-                               {got_rows.begin(), got_rows.begin() + V}, V, tol));
+  rep.checks.push_back(
+      cmp("decoder-first", {ref_rows.begin(), ref_rows.begin() + V}, {got_rows.begin(), got_rows.begin() + V}));
   VerifyCheck steps =
-      compare("decode-steps", {ref_rows.begin() + V, ref_rows.end()}, {got_rows.begin() + V, got_rows.end()}, V, tol);
+      cmp("decode-steps", {ref_rows.begin() + V, ref_rows.end()}, {got_rows.begin() + V, got_rows.end()});
   steps.passed = steps.passed && beam_diff == 0;
   steps.detail = "teacher-forced, 2 beams sharing the cross K/V" + std::string(beam_diff == 0 ? "" : " (beams differ)");
   rep.checks.push_back(steps);
@@ -287,19 +340,14 @@ VerifyReport verify_seq2seq(const VerifyOptions& opt, const nlohmann::json& mani
     c.argmax_agreement = opt.greedy_tokens ? static_cast<double>(agree) / opt.greedy_tokens : 1.0;
     c.passed = got == tokens;
     c.detail = std::to_string(opt.greedy_tokens) + " tokens, " + (c.passed ? "identical" : "differ");
+    if (quant) {  // judged by the pooled agreement (its own tokens: informational)
+      c.positions = 0;
+      c.passed = true;
+      c.detail += ", informational";
+    }
     rep.checks.push_back(c);
   }
-  double agree_sum = 0, kl_sum = 0, top1_sum = 0, n = 0;
-  for (const auto& c : rep.checks) {
-    agree_sum += c.argmax_agreement * static_cast<double>(c.positions);
-    kl_sum += c.mean_kl * static_cast<double>(c.positions);
-    top1_sum += c.reference_top1 * static_cast<double>(c.positions);
-    n += static_cast<double>(c.positions);
-  }
-  rep.argmax_agreement = n > 0 ? agree_sum / n : 1.0;
-  rep.mean_kl = n > 0 ? kl_sum / n : 0.0;
-  rep.reference_top1 = n > 0 ? top1_sum / n : 1.0;
-  rep.passed = std::all_of(rep.checks.begin(), rep.checks.end(), [](const VerifyCheck& c) { return c.passed; });
+  pool_and_judge(rep, quant, gate);
   return rep;
 }
 
@@ -420,47 +468,8 @@ VerifyReport verify_package(const VerifyOptions& options) {
     }
     rep.checks.push_back(c);
   }
-  // pooled over every compared position
-  double agree_sum = 0, kl_sum = 0, top1_sum = 0, n = 0;
-  for (const auto& c : rep.checks) {
-    agree_sum += c.argmax_agreement * static_cast<double>(c.positions);
-    kl_sum += c.mean_kl * static_cast<double>(c.positions);
-    top1_sum += c.reference_top1 * static_cast<double>(c.positions);
-    n += static_cast<double>(c.positions);
-  }
-  rep.argmax_agreement = n > 0 ? agree_sum / n : 1.0;
-  rep.mean_kl = n > 0 ? kl_sum / n : 0.0;
-  rep.reference_top1 = n > 0 ? top1_sum / n : 1.0;
   if (speech) rep.checks.push_back(check_audio_encoder(opt.package, m.raw["asr"], full, *folder, opt.threads));
-  rep.passed = std::all_of(rep.checks.begin(), rep.checks.end(), [](const VerifyCheck& c) { return c.passed; });
-  if (quant) {
-    VerifyCheck all;
-    all.name = "all";
-    all.argmax_agreement = rep.argmax_agreement;
-    all.mean_kl = rep.mean_kl;
-    all.positions = static_cast<int64_t>(n);
-    all.reference_top1 = rep.reference_top1;
-    char d[200];
-    if (rep.reference_top1 >= kFlatTop1) {
-      all.passed = rep.argmax_agreement >= rep.min_agreement;
-      std::snprintf(d, sizeof d, "%lld positions, agreement needed >= %.0f%%", static_cast<long long>(n),
-                    100 * rep.min_agreement);
-    } else {
-      rep.flat_reference = true;
-      rep.max_kl = max_kl_for_flat(gate);
-      all.passed = rep.argmax_agreement >= rep.min_agreement || rep.mean_kl <= rep.max_kl;
-      std::snprintf(d, sizeof d,
-                    "%lld positions; flat reference (mean top-1 p %.4f < %.2f): argmax is noise, mean KL needed <= "
-                    "%.0e",
-                    static_cast<long long>(n), rep.reference_top1, kFlatTop1, rep.max_kl);
-    }
-    all.detail = d;
-    for (const auto& c : rep.checks)
-      if (c.positions > 0) all.max_abs_diff = std::max(all.max_abs_diff, c.max_abs_diff);
-    rep.checks.push_back(all);
-    rep.passed = all.passed && std::all_of(rep.checks.begin(), rep.checks.end(),
-                                           [](const VerifyCheck& c) { return c.positions > 0 || c.passed; });
-  }
+  pool_and_judge(rep, quant, gate);
   return rep;
 }
 
