@@ -194,6 +194,35 @@ TEST(MarianCli, TranslateLinesJsonAndErrors) {
   EXPECT_NE(bad.out.find("UTF-8"), std::string::npos) << bad.out;
 }
 
+// Sampling (temperature > 0): the same seed gives the same tokens; pad is never chosen (the
+// model's bad_words_ids); an output that runs to max_length ends with the forced EOS.
+TEST(MarianTranslate, SamplingIsSeededAndKeepsTheProcessors) {
+  const auto t = Translator::load(built_package(kFixture, "ort", "fp32"));
+  const nlohmann::json g = io::read_json_file(fixture(kFixture) / "golden.json");
+  std::vector<std::string> texts;
+  for (const auto& s : g.at("sentences")) texts.push_back(s.at("text"));
+  TranslateOptions o;
+  o.sampling.temperature = 3.0f;
+  o.sampling.seed = 7;
+  const auto a = t->translate(texts, o), b = t->translate(texts, o);
+  o.sampling.seed = 8;
+  const auto c = t->translate(texts, o);
+  int differ = 0, long_outputs = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (texts[i].empty()) continue;
+    const auto& h = a[i].hypotheses.at(0);
+    EXPECT_EQ(h.tokens, b[i].hypotheses.at(0).tokens) << i;
+    differ += h.tokens != c[i].hypotheses.at(0).tokens;
+    for (TokenId tok : h.tokens) EXPECT_NE(tok, g.at("special_ids").at("pad").get<TokenId>()) << i;
+    EXPECT_EQ(h.tokens.back(), 0) << i;  // EOS, chosen or forced at max_length - 1
+    EXPECT_LE(h.tokens.size(), 31u) << i;
+    long_outputs += h.tokens.size() == 31;
+    EXPECT_LT(h.score, 0.0) << i;
+  }
+  EXPECT_GT(differ, 0);
+  EXPECT_GT(long_outputs, 0);
+}
+
 class MarianPackage : public ::testing::TestWithParam<std::string> {};
 
 // Encoder states, then the decoder one position at a time on its cache: every step's logits

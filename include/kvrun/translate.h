@@ -7,7 +7,8 @@
 //
 // Search: Hugging Face generate's beam search (runtime/beam_search.h) with the model's
 // generation_config.json (num_beams, length_penalty, early_stopping, max_length,
-// bad_words_ids, forced_eos_token_id, renormalize_logits); num_beams 1 is greedy. Sentences go
+// bad_words_ids, forced_eos_token_id, renormalize_logits); num_beams 1 is greedy; a
+// temperature > 0 samples. Sentences go
 // in batches sorted by length; the beams of a sentence share its cross-attention K/V and
 // finished sentences leave the running batch.
 #pragma once
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "kvrun/runtime.h"
 #include "kvrun/types.h"
 
 namespace kvrun {
@@ -26,7 +28,10 @@ struct TranslateOptions {
   int64_t max_length = 0;   // target length including the start token; 0: generation_config
   int64_t n_best = 1;       // hypotheses returned per sentence (<= beams)
   int64_t batch_size = 16;  // sentences run together
-  void validate() const;    // throws kvrun::Error
+  // temperature > 0: random sampling (one hypothesis, beams ignored) with top-k / top-p /
+  // min-p and the seed; the model's processors (bad_words_ids, min_length, forced EOS) apply.
+  SamplingOptions sampling;
+  void validate() const;  // throws kvrun::Error
 };
 
 struct TranslationHypothesis {

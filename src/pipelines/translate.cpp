@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 
@@ -13,6 +14,7 @@
 #include "io/seq2seq_config.h"
 #include "kvrun/error.h"
 #include "runtime/beam_search.h"
+#include "runtime/sampler.h"
 #include "runtime/seq2seq_model.h"
 #include "text/marian_tokenizer.h"
 
@@ -27,6 +29,8 @@ void TranslateOptions::validate() const {
   if (num_beams > 0 && n_best > num_beams)
     throw Error("n_best (" + std::to_string(n_best) + ") exceeds the beams (" + std::to_string(num_beams) + ")");
   if (batch_size < 1) throw Error("batch_size must be >= 1, found " + std::to_string(batch_size));
+  sampling.validate();
+  if (sampling.temperature > 0 && n_best > 1) throw Error("n_best > 1 needs beam search (temperature 0)");
 }
 
 Translator::~Translator() = default;
@@ -96,9 +100,7 @@ class PackageTranslator final : public Translator {
       const size_t b = std::min(order.size(), a + static_cast<size_t>(opt.batch_size));
       std::vector<std::vector<int64_t>> batch;
       for (size_t k = a; k < b; ++k) batch.push_back(ids[order[k]]);
-      BatchBeamModel model(*model_, model_->start(batch, bo.num_beams));
-      const auto hyps = runtime::beam_search(model, static_cast<int64_t>(b - a),
-                                             static_cast<TokenId>(cfg_.decoder_start_token_id), bo);
+      const auto hyps = opt.sampling.temperature > 0 ? sample(batch, bo, opt.sampling, a) : beam(batch, bo);
       for (size_t k = a; k < b; ++k) {
         Translation& t = out[order[k]];
         for (const auto& h : hyps[k - a]) {
@@ -119,6 +121,65 @@ class PackageTranslator final : public Translator {
   }
 
  private:
+  std::vector<std::vector<runtime::BeamHypothesis>> beam(const std::vector<std::vector<int64_t>>& batch,
+                                                         const runtime::BeamSearchOptions& bo) {
+    BatchBeamModel model(*model_, model_->start(batch, bo.num_beams));
+    return runtime::beam_search(model, static_cast<int64_t>(batch.size()),
+                                static_cast<TokenId>(cfg_.decoder_start_token_id), bo);
+  }
+
+  // Random sampling with the search's processors (bad words of one token, min_length,
+  // forced EOS); score = the sum of the chosen tokens' log-probabilities.
+  std::vector<std::vector<runtime::BeamHypothesis>> sample(const std::vector<std::vector<int64_t>>& batch,
+                                                           const runtime::BeamSearchOptions& bo,
+                                                           const SamplingOptions& so, size_t first_index) {
+    const auto n = static_cast<int64_t>(batch.size());
+    auto state = model_->start(batch, 1);
+    const int64_t V = model_->vocab(), max_len = bo.effective_max_length();
+    std::vector<runtime::Sampler> samplers;
+    for (int64_t i = 0; i < n; ++i) samplers.emplace_back(so, first_index + static_cast<uint64_t>(i));
+    std::vector<std::vector<runtime::BeamHypothesis>> out(static_cast<size_t>(n),
+                                                          std::vector<runtime::BeamHypothesis>(1));
+    std::vector<TokenId> next(static_cast<size_t>(n), static_cast<TokenId>(cfg_.decoder_start_token_id));
+    std::vector<bool> done(static_cast<size_t>(n), false);
+    std::vector<float> logits, row(static_cast<size_t>(V)), lp(static_cast<size_t>(V));
+    auto is_eos = [&](TokenId t) {
+      return std::find(bo.eos_token_ids.begin(), bo.eos_token_ids.end(), t) != bo.eos_token_ids.end();
+    };
+    for (int64_t len = 1; len < max_len; ++len) {
+      model_->step(*state, next, logits);
+      bool any = false;
+      for (int64_t i = 0; i < n; ++i) {
+        const auto u = static_cast<size_t>(i);
+        if (done[u]) {
+          next[u] = static_cast<TokenId>(cfg_.pad_token_id);
+          continue;
+        }
+        std::copy_n(logits.begin() + i * V, V, row.begin());
+        for (const auto& w : bo.bad_words_ids)
+          if (w.size() == 1 && !is_eos(w[0])) row[static_cast<size_t>(w[0])] = -INFINITY;
+        if (len < bo.min_length)
+          for (TokenId e : bo.eos_token_ids) row[static_cast<size_t>(e)] = -INFINITY;
+        if (len == max_len - 1 && !bo.forced_eos_token_ids.empty())
+          for (int64_t v = 0; v < V; ++v)
+            if (std::find(bo.forced_eos_token_ids.begin(), bo.forced_eos_token_ids.end(), v) ==
+                bo.forced_eos_token_ids.end())
+              row[static_cast<size_t>(v)] = -INFINITY;
+        runtime::beam_detail::log_softmax(row.data(), lp.data(), V);
+        std::vector<float> pick = row;
+        const TokenId t = samplers[u].sample(pick);
+        auto& h = out[u][0];
+        h.tokens.push_back(t);
+        h.score += lp[static_cast<size_t>(t)];
+        next[u] = t;
+        done[u] = is_eos(t);
+        any = any || !done[u];
+      }
+      if (!any) break;
+    }
+    return out;
+  }
+
   runtime::BeamSearchOptions search_options(const TranslateOptions& opt) const {
     runtime::BeamSearchOptions b;
     b.num_beams = opt.num_beams > 0 ? opt.num_beams : gen_.value("num_beams", int64_t{1});
