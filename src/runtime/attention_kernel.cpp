@@ -187,6 +187,22 @@ bool has_avx2() {
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return yes;
 }
+
+KVRUN_AVX2 double sum_exp_avx2(const float* x, int64_t n, float shift) {
+  const __m256 vs = _mm256_set1_ps(shift);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp_le0(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs));
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(lo, hi));
+  double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  for (; i < n; ++i) sum += static_cast<double>(std::exp(x[i] - shift));
+  return sum;
+}
 #endif
 
 void scores_any([[maybe_unused]] bool simd, const float* q, int64_t G, const void* K, bool f16, int64_t T, int64_t D,
@@ -305,6 +321,15 @@ void DecodeAttention::run_unit(int64_t unit) const {
   wsum_any(simd, scores.data(), G, V, f16, T, D, acc.data());
   const int64_t o = b * num_heads * D + h * G * D;
   for (int64_t i = 0; i < G * D; ++i) put(out, f16, o + i, acc[i]);
+}
+
+double sum_exp_shifted(const float* x, int64_t n, float shift) {
+#if KVRUN_X86
+  if (has_avx2()) return sum_exp_avx2(x, n, shift);
+#endif
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(std::exp(x[i] - shift));
+  return sum;
 }
 
 }  // namespace kvrun::runtime

@@ -39,4 +39,10 @@ struct DecodeAttention {
   void run_unit(int64_t unit) const;
 };
 
+// sum over i of exp(x[i] - shift) for shift >= max(x) (every argument <= 0), accumulated in
+// double: AVX2 lanes (Cephes' expf polynomial, within 2 ulp of std::exp; arguments below
+// -87.3, -inf included, count as e^-87.3) where the CPU has them, std::exp elsewhere. The
+// beam search's log_softmax runs on it (58,101 exponentials per row and step for Marian).
+double sum_exp_shifted(const float* x, int64_t n, float shift);
+
 }  // namespace kvrun::runtime

@@ -21,6 +21,8 @@
 #include <utility>
 
 #include "kvrun/error.h"
+#include "runtime/attention_kernel.h"
+#include "runtime/attention_kernel.h"
 
 namespace kvrun::runtime {
 
@@ -128,13 +130,13 @@ void topk(const float* values, int64_t n, int64_t k, std::vector<int64_t>& indic
 void log_softmax(const float* x, float* out, int64_t n) {
   // ATen (vectorized, last dim): max, sum of exp(x - max), then (x - max) - log(sum), with
   // (x - max) and the final subtraction in float32. Its exp/log are float32 SIMD (Sleef) and its
-  // sum runs in vector lanes; here exp and the sum are double and log(sum) is rounded once to
+  // sum runs in vector lanes; here exp is float32 (runtime/attention_kernel.h: AVX2 Cephes
+  // polynomial, within 2 ulp), the sum double, and log(sum) is rounded once to
   // float32, which lands within an ulp or two of torch's log(sum): the same shift for every
   // token of a row.
   float mx = kNegInf;
   for (int64_t i = 0; i < n; ++i) mx = std::isnan(x[i]) || x[i] > mx ? x[i] : mx;
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
+  const double sum = sum_exp_shifted(x, n, mx);
   const float lse = static_cast<float>(std::log(sum));
   for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - mx) - lse;
 }
