@@ -15,7 +15,7 @@
 #   3. models: kvrun build ckpt --target ort; ct2-transformers-converter --quantization float32|int8;
 #      optimum-cli export onnx --task text2text-generation-with-past. Logs in $CACHE/marian/logs/.
 #   4. $RESULTS/sentences.txt: SENTENCES lines (bench/translate_common.py: English-like words of the
-#      spm, 5-60 source tokens); then PASSES passes over the job list (A B C D, A B C D: drift over
+#      spm, ~5-60 source tokens); then PASSES passes over the job list (A B C D, A B C D: drift over
 #      time hits every engine alike), results $RESULTS/<job>.pass<k>.json, table bench/translate_table.py.
 # Fixed output length: kvrun: the package's kvrun.json "generation" min_length = max_length =
 # GEN_LEN + 1 (HF counts the start token; set here before the passes); CTranslate2:
