@@ -77,9 +77,12 @@ if [[ ! -f $M/ckpt/model.safetensors ]]; then
 fi
 
 # 3. each engine's model
-if [[ ! -f $M/kvrun-fp32/kvrun.json ]]; then
-  step kvrun-build "$KVRUN" build "$M/ckpt" -o "$M/kvrun-fp32" --target ort --overwrite -q || rm -rf "$M/kvrun-fp32"
-fi
+for p in fp32 int8; do
+  if [[ ! -f $M/kvrun-$p/kvrun.json ]]; then
+    step "kvrun-build-$p" "$KVRUN" build "$M/ckpt" -o "$M/kvrun-$p" --target ort --precision "$p" --overwrite -q ||
+      rm -rf "$M/kvrun-$p"
+  fi
+done
 for q in float32 int8; do
   if [[ ! -f $M/ct2-$q/model.bin && -x $CT2_PY ]]; then
     step "ct2-convert-$q" "$CT2_VENV/bin/ct2-transformers-converter" --model "$M/ckpt" --output_dir "$M/ct2-$q" \
@@ -91,15 +94,16 @@ if [[ ! -f $M/optimum/encoder_model.onnx ]]; then
     --task text2text-generation-with-past "$M/optimum" || rm -rf "$M/optimum"
 fi
 # kvrun: the output length lives in the package's generation settings
-if [[ -f $M/kvrun-fp32/kvrun.json ]]; then
-  python3 - "$M/kvrun-fp32/kvrun.json" "$((GEN_LEN + 1))" <<'PYEOF'
+for p in fp32 int8; do
+  [[ -f $M/kvrun-$p/kvrun.json ]] || continue
+  python3 - "$M/kvrun-$p/kvrun.json" "$((GEN_LEN + 1))" <<'PYEOF'
 import json, sys
 path, n = sys.argv[1], int(sys.argv[2])
 j = json.load(open(path))
 j["generation"]["min_length"] = j["generation"]["max_length"] = n
 json.dump(j, open(path, "w"), indent=2)
 PYEOF
-fi
+done
 
 # 4. sentences, passes, table
 SENT=$RESULTS/sentences.txt
@@ -109,6 +113,7 @@ ARGS=(--sentences "$SENT" --gen-len "$GEN_LEN" --beams "$BEAMS" --batch-size "$B
 # name | python | runner | model | runner arguments
 JOBS="
 kvrun-fp32   python3  run_kvrun_translate.py   $M/kvrun-fp32
+kvrun-int8   python3  run_kvrun_translate.py   $M/kvrun-int8 --variant int8
 ct2-fp32     $CT2_PY  run_ct2_translate.py     $M/ct2-float32 --compute-type float32 --variant fp32
 ct2-int8     $CT2_PY  run_ct2_translate.py     $M/ct2-int8 --compute-type int8 --variant int8
 optimum-fp32 $OPT_PY  run_optimum_translate.py $M/optimum

@@ -105,6 +105,10 @@ BuildResult build_seq2seq_package(const BuildOptions& opt) {
   // int8/int4: the fp32 graphs' MatMul/Gemm weights quantized in place (weight-only)
   if (opt.precision == "int8" || opt.precision == "int4") {
     graph::QuantizeOptions q = quant_options(opt);
+    // int8: weights per output channel with activations quantized at run time
+    // (DynamicQuantizeMatMul), as CTranslate2's int8; measured 302 vs 238 target tokens/s for
+    // weight-only MatMulNBits on the OPUS-MT shape (docs/PERFORMANCE.md)
+    if (opt.precision == "int8") q.mode = "int8-dynamic";
     q.progress = [&](int64_t d, int64_t t) {
       if (opt.progress) opt.progress("quantize", d, t);
     };

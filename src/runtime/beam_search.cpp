@@ -22,7 +22,6 @@
 
 #include "kvrun/error.h"
 #include "runtime/attention_kernel.h"
-#include "runtime/attention_kernel.h"
 
 namespace kvrun::runtime {
 
@@ -111,7 +110,8 @@ namespace beam_detail {
 
 void topk(const float* values, int64_t n, int64_t k, std::vector<int64_t>& indices) {
   using elem_t = std::pair<float, int64_t>;
-  std::vector<elem_t> queue(static_cast<size_t>(n));
+  thread_local std::vector<elem_t> queue;  // reused: a fresh 232k-pair buffer per call page-faults
+  queue.resize(static_cast<size_t>(n));
   for (int64_t j = 0; j < n; ++j) queue[static_cast<size_t>(j)] = {values[j], j};
   // ATen: NaN sorts first for largest=True.
   auto comp = [](const elem_t& x, const elem_t& y) {

@@ -346,11 +346,16 @@ void Seq2SeqModel::step(Batch& b, const std::vector<TokenId>& tokens, std::vecto
       outs.push_back(layer_name("present.", l, ".encoder.value"));
     }
   std::vector<Ort::Value> r;
-  if (shared_) {  // presents are the past buffers themselves
+  bool logits_in_place = false;
+  if (shared_) {  // presents are the past buffers themselves; logits written into `logits`
     std::vector<const char*> in_names, out_names;
     for (const auto& n : names) in_names.push_back(n.c_str());
     for (const auto& n : outs) out_names.push_back(n.c_str());
-    r.emplace_back(nullptr);
+    logits.resize(static_cast<size_t>(b.rows * vocab_));
+    const std::vector<int64_t> lshape = {b.rows, 1, vocab_};
+    r.push_back(Ort::Value::CreateTensor<float>(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault),
+                                                logits.data(), logits.size(), lshape.data(), lshape.size()));
+    logits_in_place = true;
     for (int64_t l = 0; l < layers_; ++l) {
       r.push_back(b.self_k[static_cast<size_t>(l)].view());
       r.push_back(b.self_v[static_cast<size_t>(l)].view());
@@ -365,10 +370,12 @@ void Seq2SeqModel::step(Batch& b, const std::vector<TokenId>& tokens, std::vecto
   if (ls[0] != b.rows || V != vocab_)
     throw Error(s.path().string() + ": logits have shape " + io::shape_str(ls) + ", expected [" +
                 std::to_string(b.rows) + ", 1, " + std::to_string(vocab_) + "]");
-  const std::vector<float> all = to_f32(r[0]);
-  logits.resize(static_cast<size_t>(b.rows * V));
-  for (int64_t i = 0; i < b.rows; ++i)
-    std::memcpy(logits.data() + i * V, all.data() + (i * seq + seq - 1) * V, static_cast<size_t>(V) * 4);
+  if (!logits_in_place) {
+    const std::vector<float> all = to_f32(r[0]);
+    logits.resize(static_cast<size_t>(b.rows * V));
+    for (int64_t i = 0; i < b.rows; ++i)
+      std::memcpy(logits.data() + i * V, all.data() + (i * seq + seq - 1) * V, static_cast<size_t>(V) * 4);
+  }
   for (int64_t l = 0; l < layers_ && !shared_; ++l) {
     b.self_k[static_cast<size_t>(l)] = to_host(r[static_cast<size_t>(1 + 2 * l)]);
     b.self_v[static_cast<size_t>(l)] = to_host(r[static_cast<size_t>(2 + 2 * l)]);
