@@ -31,16 +31,11 @@ using nlohmann::json;
 using test::built_package;
 using test::expect_error;
 using test::fixture;
+using test::max_abs_diff;
 using test::TempDir;
 
 constexpr double kFp32Tol = 1e-4;
 const char* kFixture = "gemma3-tiny";
-
-double max_abs_diff(const float* a, const float* b, size_t n) {
-  double m = 0;
-  for (size_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
-  return m;
-}
 
 json config_270m() { return io::read_json_file(test::source_dir() / "configs" / "gemma3-270m.json"); }
 

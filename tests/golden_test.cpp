@@ -20,12 +20,6 @@ namespace {
 
 constexpr double kFp32Tol = 1e-4;  // max |logit - HF logit| for fp32 builds
 
-double max_abs_diff(const float* a, const float* b, size_t n) {
-  double m = 0;
-  for (size_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
-  return m;
-}
-
 int64_t argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
 
 const std::vector<std::string> kFixtures = {"qwen3-tiny", "qwen2-tiny", "llama-tiny", "qwen3-tiny-bf16",

@@ -25,15 +25,10 @@ namespace {
 using test::built_package;
 using test::expect_error;
 using test::fixture;
+using test::max_abs_diff;
 
 constexpr double kFp32Tol = 1e-4;
 const char* kFixture = "marian-tiny";
-
-double max_abs_diff(const float* a, const float* b, size_t n) {
-  double m = 0;
-  for (size_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
-  return m;
-}
 
 // The sentences golden_logits.safetensors holds: s{k}.input_ids, .encoder_last_hidden_state,
 // .decoder_input_ids ([pad] + HF's greedy output), .logits (teacher-forced, float32).

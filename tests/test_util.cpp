@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -47,6 +48,12 @@ fs::path built_package(const std::string& fixture_name, const std::string& targe
   build_package(o);
   cache[key] = o.out;
   return o.out;
+}
+
+double max_abs_diff(const float* a, const float* b, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(std::fabs(a[i] - b[i])));
+  return m;
 }
 
 void expect_error(const std::function<void()>& f, const std::vector<std::string>& fragments) {

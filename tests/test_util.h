@@ -52,6 +52,9 @@ std::filesystem::path built_package(const std::string& fixture_name, const std::
                                     const std::string& precision, bool all_logits = false,
                                     const std::string& kv_dtype = "auto");
 
+// max |a[i] - b[i]| over n values.
+double max_abs_diff(const float* a, const float* b, size_t n);
+
 // Runs f, which must throw kvrun::Error whose message contains every fragment.
 void expect_error(const std::function<void()>& f, const std::vector<std::string>& fragments);
 

@@ -94,9 +94,21 @@ struct MarianEmitter {
     return x;
   }
 
-  std::string ffn(const std::string& scope, const std::string& x, const MarianLayerNames& nm, int64_t ffn_dim) {
-    const std::string h = proj(scope + "/fc1", x, nm.fc1, nm.fc1_bias, d(), ffn_dim);
-    return proj(scope + "/fc2", activation(scope + "/act", h), nm.fc2, nm.fc2_bias, ffn_dim, d());
+  // LN(h + fc2(act(fc1(h)))): the feed-forward half of every layer.
+  std::string ffn_block(const std::string& s, const std::string& h, const MarianLayerNames& nm, int64_t ffn_dim) {
+    const std::string a = proj(s + "/mlp/fc1", h, nm.fc1, nm.fc1_bias, d(), ffn_dim);
+    const std::string f = proj(s + "/mlp/fc2", activation(s + "/mlp/act", a), nm.fc2, nm.fc2_bias, ffn_dim, d());
+    return layer_norm(s + "/final_layer_norm", n.g.op("Add", s + "/mlp/Residual", {h, f}), nm.final_norm,
+                      nm.final_norm_bias);
+  }
+
+  // The fused self-attention projection of a layer, split into q, k, v [b, s, d].
+  std::vector<std::string> self_qkv(const std::string& s, const std::string& h, const MarianLayerNames& nm,
+                                    bool decoder, int64_t l) {
+    return fused(s + "/self_attn/qkv_proj", h,
+                 numbered(decoder ? "model.decoder.layers." : "model.encoder.layers.", l, ".self_attn.qkv_proj.weight"),
+                 {nm.self_attn.q, nm.self_attn.k, nm.self_attn.v},
+                 {nm.self_attn.q_bias, nm.self_attn.k_bias, nm.self_attn.v_bias});
   }
 
   // [b, s, d] -> [b, heads, s, head_dim]
@@ -165,10 +177,7 @@ struct MarianEmitter {
     for (int64_t l = 0; l < c.encoder_layers; ++l) {
       const std::string s = enc_scope(l);
       const MarianLayerNames nm = marian_layer_names(false, l);
-      const auto qkv =
-          fused(s + "/self_attn/qkv_proj", h, numbered("model.encoder.layers.", l, ".self_attn.qkv_proj.weight"),
-                {nm.self_attn.q, nm.self_attn.k, nm.self_attn.v},
-                {nm.self_attn.q_bias, nm.self_attn.k_bias, nm.self_attn.v_bias});
+      const auto qkv = self_qkv(s, h, nm, false, l);
       const std::string a =
           sdpa(s + "/self_attn", to_heads(s + "/self_attn/q", qkv[0], H), to_heads(s + "/self_attn/k", qkv[1], H),
                to_heads(s + "/self_attn/v", qkv[2], H), bias, H);
@@ -176,9 +185,7 @@ struct MarianEmitter {
                                  nm.self_attn.o_bias, d(), d());
       h = layer_norm(s + "/self_attn_layer_norm", g.op("Add", s + "/self_attn/Residual", {h, o}), nm.self_norm,
                      nm.self_norm_bias);
-      const std::string f = ffn(s + "/mlp", h, nm, c.encoder_ffn_dim);
-      h = layer_norm(s + "/final_layer_norm", g.op("Add", s + "/mlp/Residual", {h, f}), nm.final_norm,
-                     nm.final_norm_bias);
+      h = ffn_block(s, h, nm, c.encoder_ffn_dim);
       if (progress) progress(l + 1);
     }
     g.node("Identity", "/model/encoder/Output", {h}, {"last_hidden_state"});
@@ -247,10 +254,7 @@ struct MarianEmitter {
     for (int64_t l = 0; l < c.decoder_layers; ++l) {
       const std::string s = dec_scope(l);
       const MarianLayerNames nm = marian_layer_names(true, l);
-      const auto qkv =
-          fused(s + "/self_attn/qkv_proj", h, numbered("model.decoder.layers.", l, ".self_attn.qkv_proj.weight"),
-                {nm.self_attn.q, nm.self_attn.k, nm.self_attn.v},
-                {nm.self_attn.q_bias, nm.self_attn.k_bias, nm.self_attn.v_bias});
+      const auto qkv = self_qkv(s, h, nm, true, l);
       const std::string pk = kv_name(kSelfPastKey, l), pv = kv_name(kSelfPastValue, l);
       const std::string ok = kv_name(kSelfPresentKey, l), ov = kv_name(kSelfPresentValue, l);
       std::string a;
@@ -283,9 +287,7 @@ struct MarianEmitter {
       o = proj(x + "/out_proj", back, nm.cross_attn.o, nm.cross_attn.o_bias, d(), d());
       h = layer_norm(s + "/encoder_attn_layer_norm", g.op("Add", x + "/Residual", {h, o}), nm.cross_norm,
                      nm.cross_norm_bias);
-      const std::string f = ffn(s + "/mlp", h, nm, c.decoder_ffn_dim);
-      h = layer_norm(s + "/final_layer_norm", g.op("Add", s + "/mlp/Residual", {h, f}), nm.final_norm,
-                     nm.final_norm_bias);
+      h = ffn_block(s, h, nm, c.decoder_ffn_dim);
       if (progress) progress(c.encoder_layers + l + 1);
     }
     // logits = h @ lm_head^T + final_logits_bias (Gemm reads the tied table in place)
