@@ -403,6 +403,25 @@ TEST_P(Seq2SeqLayouts, BeamSearchMatchesTransformers) {
   EXPECT_GE(lists, 2);
 }
 
+// transformers.js keeps its graphs under onnx/ with suffixes such as _quantized: found there,
+// and the model translates as optimum's merged export does.
+TEST(Seq2SeqLayoutsErrors, TransformersJsFileNames) {
+  test::TempDir tmp;
+  const auto merged = fixture(kFixture) / "onnx" / "merged";
+  std::filesystem::create_directories(tmp.path() / "onnx");
+  for (const auto& e : std::filesystem::directory_iterator(merged)) {
+    const std::string f = e.path().filename().string();
+    if (f.ends_with(".onnx"))
+      std::filesystem::copy(e.path(), tmp.path() / "onnx" / (f.substr(0, f.size() - 5) + "_quantized.onnx"));
+    else
+      std::filesystem::copy(e.path(), tmp.path() / f);
+  }
+  EXPECT_EQ(runtime::Seq2SeqModel::open(tmp.path())->layout(), "optimum-merged");
+  const auto a = Translator::load(tmp.path())->translate({">>fr<< How are you today?"}, TranslateOptions{});
+  const auto b = Translator::load(merged)->translate({">>fr<< How are you today?"}, TranslateOptions{});
+  EXPECT_EQ(a.at(0).hypotheses.at(0).tokens, b.at(0).hypotheses.at(0).tokens);
+}
+
 INSTANTIATE_TEST_SUITE_P(Marian, Seq2SeqLayouts,
                          ::testing::Values("kvrun-ort", "kvrun-portable", "merged", "split", "recompute"),
                          [](const auto& info) {
