@@ -89,7 +89,10 @@ Command add_translate_command(CLI::App& app) {
       app.add_subcommand("translate",
                          "Translate text with a seq2seq (Marian / OPUS-MT) package: one translation per input line "
                          "(--text, --file or stdin), in input order");
-  c->add_option("model", o->model, "kvrun package folder built from a MarianMTModel checkpoint")->required();
+  c->add_option("model", o->model,
+                "A kvrun package built from a MarianMTModel checkpoint, or a folder of optimum / transformers.js ONNX "
+                "exports with its tokenizer files (docs/translate.md)")
+      ->required();
   c->add_option("--text", o->text, "Sentences to translate (repeatable); default: --file or stdin");
   c->add_option("--file", o->file, "A text file, one sentence per line");
   c->add_option("--beams", o->opt.num_beams, "Beam size (1: greedy); default: the model's generation_config num_beams");
