@@ -57,6 +57,7 @@ class PackageTranslator final : public Translator {
   PackageTranslator(const fs::path& dir, int threads) {
     runtime::SessionConfig sc;
     sc.intra_op_threads = threads;
+    sc.allow_spinning = false;  // the beam search runs on these cores between decoder runs
     model_ = runtime::Seq2SeqModel::open(dir, sc);
     tok_ = text::MarianTokenizer::load(dir);
     if (fs::exists(dir / "kvrun.json")) {

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "kvrun/error.h"
@@ -209,7 +210,11 @@ std::vector<std::vector<BeamHypothesis>> beam_search(BeamModel& model, int64_t b
 
   std::vector<TokenId> tokens(static_cast<size_t>(batch * K), decoder_start);
   std::vector<float> logits, acc(static_cast<size_t>(K * V)), run_scores, merged;
-  std::vector<int64_t> cand, next_run, next_pool, src;
+  std::vector<int64_t> next_run, next_pool, src;
+  std::vector<std::vector<int64_t>> cands;  // per live sentence: its top `keep` candidates
+  std::vector<std::vector<float>> cand_vals;
+  const unsigned workers = std::clamp(std::thread::hardware_concurrency(), 1u, 2u);
+  std::vector<std::vector<float>> worker_acc(workers);
   std::vector<char> hits;
   int64_t cur_len = 1;
   bool had_dead = false;
@@ -227,8 +232,13 @@ std::vector<std::vector<BeamHypothesis>> beam_search(BeamModel& model, int64_t b
     const auto pool_div = static_cast<float>(std::pow(static_cast<double>(cur_len), o.length_penalty));
     bool all_hit = true;
     src.clear();
-    for (size_t j = 0; j < live.size(); ++j) {
-      Sentence& s = sents[static_cast<size_t>(live[j])];
+    // a, b for every sentence (independent of each other: two threads when there are several):
+    // log-probs, processors, + running scores into a K x V buffer, then its top `keep`
+    // candidates and their values.
+    cands.resize(live.size());
+    cand_vals.resize(live.size());
+    auto score_sentence = [&](size_t j, std::vector<float>& acc) {
+      const Sentence& s = sents[static_cast<size_t>(live[j])];
       // a. log-probs, processors, + running scores.
       for (int64_t b = 0; b < K; ++b) {
         const float* x = logits.data() + (static_cast<int64_t>(j) * K + b) * V;
@@ -253,7 +263,27 @@ std::vector<std::vector<BeamHypothesis>> beam_search(BeamModel& model, int64_t b
         for (int64_t v = 0; v < V; ++v) lp[v] = lp[v] + sc;
       }
       // b. candidates.
-      beam_detail::topk(acc.data(), K * V, keep, cand);
+      beam_detail::topk(acc.data(), K * V, keep, cands[j]);
+      cand_vals[j].resize(static_cast<size_t>(keep));
+      for (int64_t c = 0; c < keep; ++c)
+        cand_vals[j][static_cast<size_t>(c)] = acc[static_cast<size_t>(cands[j][static_cast<size_t>(c)])];
+    };
+    if (live.size() > 1 && workers > 1) {
+      std::vector<std::thread> pool_threads;
+      for (unsigned w = 1; w < workers; ++w)
+        pool_threads.emplace_back([&, w] {
+          std::vector<float>& acc_w = worker_acc[w];
+          acc_w.resize(static_cast<size_t>(K * V));
+          for (size_t j = w; j < live.size(); j += workers) score_sentence(j, acc_w);
+        });
+      for (size_t j = 0; j < live.size(); j += workers) score_sentence(j, acc);
+      for (auto& t : pool_threads) t.join();
+    } else {
+      for (size_t j = 0; j < live.size(); ++j) score_sentence(j, acc);
+    }
+    for (size_t j = 0; j < live.size(); ++j) {
+      Sentence& s = sents[static_cast<size_t>(live[j])];
+      const std::vector<int64_t>& cand = cands[j];
       hits.assign(static_cast<size_t>(keep), 0);
       run_scores.resize(static_cast<size_t>(keep));
       for (int64_t c = 0; c < keep; ++c) {
@@ -261,7 +291,7 @@ std::vector<std::vector<BeamHypothesis>> beam_search(BeamModel& model, int64_t b
         const bool h = is_eos(tok) || cur_len + 1 >= max_length;
         hits[static_cast<size_t>(c)] = h;
         all_hit = all_hit && h;
-        run_scores[static_cast<size_t>(c)] = acc[static_cast<size_t>(cand[static_cast<size_t>(c)])] + (h ? kBig : -0.f);
+        run_scores[static_cast<size_t>(c)] = cand_vals[j][static_cast<size_t>(c)] + (h ? kBig : -0.f);
       }
       auto candidate_seq = [&](int64_t c) {
         const int64_t idx = cand[static_cast<size_t>(c)];
@@ -282,7 +312,7 @@ std::vector<std::vector<BeamHypothesis>> beam_search(BeamModel& model, int64_t b
       merged.resize(static_cast<size_t>(K + keep));
       for (int64_t i = 0; i < K; ++i) merged[static_cast<size_t>(i)] = s.pool[static_cast<size_t>(i)].score;
       for (int64_t c = 0; c < keep; ++c) {
-        float v = acc[static_cast<size_t>(cand[static_cast<size_t>(c)])] / pool_div;
+        float v = cand_vals[j][static_cast<size_t>(c)] / pool_div;
         v = v + (full_push ? kBig : -0.f);
         v = v + (s.heuristic_unsatisfied ? -0.f : kBig);
         const bool just_finished = hits[static_cast<size_t>(c)] && c < K;

@@ -71,6 +71,7 @@ Ort::Session open_session(const std::filesystem::path& model, const SessionConfi
   if (!std::filesystem::exists(model)) throw Error(model.string() + ": no such model file");
   Ort::SessionOptions so;
   if (cfg.intra_op_threads > 0) so.SetIntraOpNumThreads(cfg.intra_op_threads);
+  if (!cfg.allow_spinning) so.AddConfigEntry("session.intra_op.allow_spinning", "0");
   // ONNX Runtime's per-node profile (docs/PERFORMANCE.md): KVRUN_ORT_PROFILE=<file prefix>.
   if (const char* prof = std::getenv("KVRUN_ORT_PROFILE"); prof && *prof) so.EnableProfiling(prof);
   so.SetGraphOptimizationLevel(cfg.optimize ? GraphOptimizationLevel::ORT_ENABLE_ALL
