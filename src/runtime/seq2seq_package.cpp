@@ -1,8 +1,5 @@
 #include "runtime/seq2seq_package.h"
 
-#include <algorithm>
-#include <cstring>
-
 #include "arch/decoder.h"
 #include "arch/marian.h"
 #include "io/fs.h"
@@ -48,45 +45,11 @@ Seq2SeqPackage::Encoded Seq2SeqPackage::encode(const std::vector<int64_t>& ids) 
   std::vector<Ort::Value> r = encoder_->run(names, vals, outs);
   Encoded e;
   e.length = n;
-  e.mask.assign(ids.size(), 1);
   e.hidden = to_f32(r[0]);
   for (int64_t l = 0; l < layers_; ++l) {
     e.cross_k.push_back(to_host(r[static_cast<size_t>(1 + 2 * l)]));
     e.cross_v.push_back(to_host(r[static_cast<size_t>(2 + 2 * l)]));
   }
-  return e;
-}
-
-Seq2SeqPackage::Encoded Seq2SeqPackage::stack(const std::vector<const Encoded*>& parts) {
-  if (parts.empty()) throw Error("stack: no sentences");
-  Encoded e;
-  e.batch = 0;
-  for (const auto* p : parts) e.length = std::max(e.length, p->length), e.batch += p->batch;
-  for (const auto* p : parts)
-    for (int64_t b = 0; b < p->batch; ++b) {
-      e.mask.insert(e.mask.end(), p->mask.begin() + b * p->length, p->mask.begin() + (b + 1) * p->length);
-      e.mask.insert(e.mask.end(), static_cast<size_t>(e.length - p->length), 0);
-    }
-  const size_t layers = parts[0]->cross_k.size();
-  for (size_t l = 0; l < layers; ++l)
-    for (int kv = 0; kv < 2; ++kv) {
-      const HostTensor& first = kv ? parts[0]->cross_v[l] : parts[0]->cross_k[l];
-      const int64_t H = first.shape[1], D = first.shape[3];
-      const size_t es = io::dtype_size(first.dtype), row = static_cast<size_t>(D) * es;
-      HostTensor t = HostTensor::zeros(first.dtype, {e.batch, H, e.length, D});
-      size_t at = 0;  // sentence index in the stack
-      for (const auto* p : parts) {
-        const HostTensor& src = kv ? p->cross_v[l] : p->cross_k[l];
-        for (int64_t b = 0; b < p->batch; ++b, ++at)
-          for (int64_t h = 0; h < H; ++h)
-            std::memcpy(
-                t.bytes.data() +
-                    ((at * static_cast<size_t>(H) + static_cast<size_t>(h)) * static_cast<size_t>(e.length)) * row,
-                src.bytes.data() + ((static_cast<size_t>(b * H + h)) * static_cast<size_t>(p->length)) * row,
-                static_cast<size_t>(p->length) * row);
-      }
-      (kv ? e.cross_v : e.cross_k).push_back(std::move(t));
-    }
   return e;
 }
 
@@ -108,9 +71,7 @@ std::vector<float> Seq2SeqPackage::decode(const Encoded& e, State& st, const std
   HostTensor ids = HostTensor::from_i64(tokens, {st.rows, n});
   HostTensor mask =
       HostTensor::from_i64(std::vector<int64_t>(static_cast<size_t>(st.rows * total), 1), {st.rows, total});
-  if (st.rows % e.batch != 0)
-    throw Error("decode: " + std::to_string(st.rows) + " rows for " + std::to_string(e.batch) + " sentences");
-  HostTensor enc_mask = HostTensor::from_i64(e.mask, {e.batch, e.length});
+  HostTensor enc_mask = HostTensor::from_i64(std::vector<int64_t>(static_cast<size_t>(e.length), 1), {1, e.length});
   std::vector<std::string> names = {"input_ids", "attention_mask", "encoder_attention_mask"};
   std::vector<Ort::Value> vals;
   vals.push_back(ids.view());

@@ -18,17 +18,13 @@ class Seq2SeqPackage {
   const nlohmann::json& manifest() const { return manifest_; }
   int64_t vocab_size() const { return vocab_; }
 
-  // Encoder results of `batch` sentences, padded to `length` positions.
   struct Encoded {
-    int64_t batch = 1, length = 0;
-    std::vector<int64_t> mask;                 // [batch, length], 1 = a real position
-    std::vector<float> hidden;                 // [length, d_model] (encode() of one sentence)
-    std::vector<HostTensor> cross_k, cross_v;  // per decoder layer [batch, heads, length, head_dim]
+    int64_t length = 0;
+    std::vector<float> hidden;                 // [length, d_model]
+    std::vector<HostTensor> cross_k, cross_v;  // per decoder layer [1, heads, length, head_dim]
   };
   // One sentence's source ids (with its </s>).
   Encoded encode(const std::vector<int64_t>& ids);
-  // Sentences side by side, each padded with masked zero rows to the longest (no hidden).
-  static Encoded stack(const std::vector<const Encoded*>& parts);
 
   struct State {
     int64_t rows = 1, length = 0;
@@ -36,7 +32,6 @@ class Seq2SeqPackage {
   };
   State new_state(int64_t rows) const;
   // Appends `tokens` ([rows, n], row-major) to every row; returns float32 logits [rows, n, vocab].
-  // rows = e.batch x beams: the beams of sentence b are rows b * beams .. (b + 1) * beams - 1.
   std::vector<float> decode(const Encoded& e, State& st, const std::vector<int64_t>& tokens, int64_t n);
 
  private:
