@@ -124,7 +124,7 @@ class PackageTranslator final : public Translator {
  private:
   std::vector<std::vector<runtime::BeamHypothesis>> beam(const std::vector<std::vector<int64_t>>& batch,
                                                          const runtime::BeamSearchOptions& bo) {
-    BatchBeamModel model(*model_, model_->start(batch, bo.num_beams));
+    BatchBeamModel model(*model_, model_->start(batch, bo.num_beams, bo.effective_max_length()));
     return runtime::beam_search(model, static_cast<int64_t>(batch.size()),
                                 static_cast<TokenId>(cfg_.decoder_start_token_id), bo);
   }
@@ -135,7 +135,7 @@ class PackageTranslator final : public Translator {
                                                            const runtime::BeamSearchOptions& bo,
                                                            const SamplingOptions& so, size_t first_index) {
     const auto n = static_cast<int64_t>(batch.size());
-    auto state = model_->start(batch, 1);
+    auto state = model_->start(batch, 1, bo.effective_max_length());
     const int64_t V = model_->vocab(), max_len = bo.effective_max_length();
     std::vector<runtime::Sampler> samplers;
     for (int64_t i = 0; i < n; ++i) samplers.emplace_back(so, first_index + static_cast<uint64_t>(i));

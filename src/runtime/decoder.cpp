@@ -368,16 +368,18 @@ void Decoder::make_local_room(State& st, int64_t row, int64_t seq) const {
   st.local_starts[r] += drop;
 }
 
-int64_t Decoder::truncate(State& st, int64_t length) const {
-  if (st.batch != 1) throw Error("truncate: batch-1 states only");
-  if (length >= st.lengths[0]) return st.lengths[0];
+int64_t Decoder::truncate(State& st, int64_t length, int64_t row) const {
+  if (row < 0 || row >= st.batch) throw Error("truncate: no row " + std::to_string(row));
+  const auto r = static_cast<size_t>(row);
+  if (length >= st.lengths[r]) return st.lengths[r];
   if (shared_ || kv_delta()) {
     // Local layers need the window - 1 positions before `length`; dropped ones cannot return.
-    if (bounded_local() && (length == 0 || length - (step_sig_.sliding_window - 1) < st.local_starts[0]))
-      length = 0, st.local_starts[0] = 0;
-    st.lengths[0] = length;
+    if (bounded_local() && (length == 0 || length - (step_sig_.sliding_window - 1) < st.local_starts[r]))
+      length = 0, st.local_starts[r] = 0;
+    st.lengths[r] = length;
     return length;
   }
+  if (st.batch != 1) throw Error("truncate: batch-1 states only");
   // Chain: copy the first `length` positions of each past into new tensors.
   if (length == 0) {
     State fresh;
@@ -432,7 +434,7 @@ void Decoder::step(State& st, const StepFeed& feed, std::vector<float>& out) {
   if (feed.batch != st.batch) throw Error("step: feed batch differs from the state's batch");
   if (kv_delta()) return run_delta(st, feed, out);
   if (shared_) {
-    if (st.batch == 1 || feed.seq == 1) return run_shared(st, -1, feed, out);
+    if (st.batch == 1 || feed.seq == 1) return run_shared(st, 0, st.batch, feed, out);
     throw Error("step: a shared-buffer batch takes one position per row; prefill rows with step_row");
   }
   run_chain(st, feed, out);
@@ -441,7 +443,15 @@ void Decoder::step(State& st, const StepFeed& feed, std::vector<float>& out) {
 void Decoder::step_row(State& st, int64_t row, const StepFeed& feed, std::vector<float>& out) {
   if (!shared_) throw Error("step_row: only for shared-buffer models");
   if (feed.batch != 1 || row < 0 || row >= st.batch) throw Error("step_row: expected a batch-1 feed for a valid row");
-  run_shared(st, row, feed, out);
+  run_shared(st, row, 1, feed, out);
+}
+
+void Decoder::step_first_rows(State& st, const StepFeed& feed, std::vector<float>& out) {
+  if (!shared_) throw Error("step_first_rows: only for shared-buffer models");
+  if (feed.batch < 1 || feed.batch > st.batch || feed.seq != 1)
+    throw Error("step_first_rows: expected one position for 1.." + std::to_string(st.batch) + " rows, found " +
+                std::to_string(feed.batch) + " x " + std::to_string(feed.seq));
+  run_shared(st, 0, feed.batch, feed, out);
 }
 
 // Inputs common to both strategies: tokens, mask, positions, branch flag.
@@ -562,17 +572,17 @@ StepFeed feed_slice(const StepFeed& f, int64_t a, int64_t b, int64_t hidden) {
 }
 }  // namespace
 
-void Decoder::run_shared(State& st, int64_t row, const StepFeed& f, std::vector<float>& out) {
+void Decoder::run_shared(State& st, int64_t first, int64_t count, const StepFeed& f, std::vector<float>& out) {
   const DecoderSignature& sig = step_sig_;
-  const int64_t B = row < 0 ? st.batch : 1, S = f.seq;
+  const int64_t B = count, S = f.seq;
   const int64_t window = sig.sliding_window;
   if (bounded_local() && S > window) {  // pieces of one window keep local buffers within 2 * window - 1 rows
     for (int64_t a = 0; a < S; a += window)
-      run_shared(st, row, feed_slice(f, a, std::min(S, a + window), hidden_), out);
+      run_shared(st, first, count, feed_slice(f, a, std::min(S, a + window), hidden_), out);
     return;
   }
   int64_t longest = 0;
-  for (int64_t b = 0; b < B; ++b) longest = std::max(longest, st.lengths[static_cast<size_t>(row < 0 ? b : row)] + S);
+  for (int64_t b = 0; b < B; ++b) longest = std::max(longest, st.lengths[static_cast<size_t>(first + b)] + S);
   reserve(st, longest);
 
   // Right padding: row b's mask has length_b + S ones; the mask width is the longest row.
@@ -580,20 +590,20 @@ void Decoder::run_shared(State& st, int64_t row, const StepFeed& f, std::vector<
   const int64_t W = longest;
   std::vector<int64_t> mask(static_cast<size_t>(B * W), 0), pos(static_cast<size_t>(B * S)), local_mask;
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t len = st.lengths[static_cast<size_t>(row < 0 ? b : row)];
+    const int64_t len = st.lengths[static_cast<size_t>(first + b)];
     std::fill_n(mask.begin() + b * W, len + S, 1);
     for (int64_t i = 0; i < S; ++i) pos[static_cast<size_t>(b * S + i)] = len + i;
   }
   int64_t LW = 0;
   if (bounded_local()) {
     for (int64_t b = 0; b < B; ++b) {
-      const int64_t r = row < 0 ? b : row;
+      const int64_t r = first + b;
       make_local_room(st, r, S);
       LW = std::max(LW, st.lengths[static_cast<size_t>(r)] - st.local_starts[static_cast<size_t>(r)] + S);
     }
     local_mask.assign(static_cast<size_t>(B * LW), 0);
     for (int64_t b = 0; b < B; ++b) {
-      const auto r = static_cast<size_t>(row < 0 ? b : row);
+      const auto r = static_cast<size_t>(first + b);
       std::fill_n(local_mask.begin() + b * LW, st.lengths[r] - st.local_starts[r] + S, 1);
     }
   }
@@ -614,7 +624,7 @@ void Decoder::run_shared(State& st, int64_t row, const StepFeed& f, std::vector<
     const int64_t cap = is_local(l) ? st.local_capacity : st.capacity;
     const std::vector<int64_t> shp = kv_shape(B, cap);
     const size_t row_bytes = static_cast<size_t>(sig.kv_heads * cap * sig.head_dim) * es;
-    const size_t off = row < 0 ? 0 : static_cast<size_t>(row) * row_bytes;
+    const size_t off = static_cast<size_t>(first) * row_bytes;
     const size_t bytes = static_cast<size_t>(B) * row_bytes;
     for (int kv = 0; kv < 2; ++kv) {
       uint8_t* p = st.buffers[2 * l + static_cast<size_t>(kv)].data() + off;
@@ -626,7 +636,7 @@ void Decoder::run_shared(State& st, int64_t row, const StepFeed& f, std::vector<
   }
   step_->run_into(fd.names, vals, outs, results);
   logits_last(results[0], B, out);
-  for (int64_t b = 0; b < B; ++b) st.lengths[static_cast<size_t>(row < 0 ? b : row)] += S;
+  for (int64_t b = 0; b < B; ++b) st.lengths[static_cast<size_t>(first + b)] += S;
 }
 
 void Decoder::run_delta(State& st, const StepFeed& f, std::vector<float>& out) {

@@ -84,20 +84,25 @@ class Decoder {
   State new_state(int64_t batch, int64_t capacity) const;
   // Shared: grows every row to hold `need` positions. Chain: nothing to do.
   void reserve(State& st, int64_t need) const;
-  // Batch-1 state: forgets positions from `length` on; returns the length kept, which is 0
-  // when local layers have dropped rows that `length` would need again (run it all anew).
-  int64_t truncate(State& st, int64_t length) const;
+  // Forgets positions of row `row` from `length` on (chain states: batch 1 only); returns the
+  // length kept, which is 0 when local layers have dropped rows that `length` would need
+  // again (run it all anew).
+  int64_t truncate(State& st, int64_t length, int64_t row = 0) const;
 
   // Appends feed.seq positions to every row; logits of each row's last position
   // -> out [batch, vocab]. Shared mode: seq must be 1 unless the batch is 1.
   void step(State& st, const StepFeed& feed, std::vector<float>& out);
   // Shared mode: appends positions to one row of a batched state; logits -> out [vocab].
   void step_row(State& st, int64_t row, const StepFeed& feed, std::vector<float>& out);
+  // Shared mode: one position for each of rows [0, feed.batch) of a larger state (continuous
+  // batching runs only the rows up to the last busy one); logits -> out [feed.batch, vocab].
+  void step_first_rows(State& st, const StepFeed& feed, std::vector<float>& out);
 
  private:
   void probe_seq_axis();
   void run_chain(State& st, const StepFeed& feed, std::vector<float>& out);
-  void run_shared(State& st, int64_t row, const StepFeed& feed, std::vector<float>& out);
+  // Rows [first, first + count) of the state.
+  void run_shared(State& st, int64_t first, int64_t count, const StepFeed& feed, std::vector<float>& out);
   void run_delta(State& st, const StepFeed& feed, std::vector<float>& out);
   void setup_delta();
   std::string too_long(int64_t positions) const;

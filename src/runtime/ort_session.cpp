@@ -1,7 +1,12 @@
 #include "runtime/ort_session.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "kvrun/error.h"
 #include "runtime/ort_kernels.h"
@@ -91,6 +96,42 @@ Ort::Session open_session(const std::filesystem::path& model, const SessionConfi
   }
 }
 
+// ORT maps external-data files privately and keeps a mapping alive while any node reads the
+// tensor (an embedding table read by Gather and, tied, by the output Gemm). Pre-packing reads
+// every page of it once, so the whole table stays resident beside its packed copy. Pages of
+// such a mapping that were never written (its Anonymous count is 0) are dropped after load:
+// later reads fault them in again from the page cache, identical. Linux only; elsewhere nothing.
+void drop_clean_pages_of(const std::filesystem::path& dir) {
+  std::ifstream smaps("/proc/self/smaps");
+  if (!smaps) return;
+  const std::string prefix = std::filesystem::absolute(dir).lexically_normal().string() + "/";
+  struct Range {
+    uintptr_t begin = 0, end = 0;
+    bool ours = false;
+    long anonymous = -1;
+  };
+  std::vector<Range> ranges;
+  std::string line;
+  while (std::getline(smaps, line)) {
+    const auto dash = line.find('-');
+    const auto space = line.find(' ');
+    if (dash != std::string::npos && space != std::string::npos && dash < space &&
+        line.find_first_not_of("0123456789abcdef") == dash) {
+      Range r;
+      r.begin = std::stoull(line.substr(0, dash), nullptr, 16);
+      r.end = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16);
+      const auto slash = line.find('/');
+      r.ours = slash != std::string::npos && line.compare(slash, prefix.size(), prefix) == 0;
+      ranges.push_back(r);
+    } else if (!ranges.empty() && line.rfind("Anonymous:", 0) == 0) {
+      ranges.back().anonymous = std::atol(line.c_str() + 10);
+    }
+  }
+  for (const Range& r : ranges)
+    if (r.ours && r.anonymous == 0 && r.end > r.begin)
+      madvise(reinterpret_cast<void*>(r.begin), r.end - r.begin, MADV_DONTNEED);
+}
+
 IoInfo read_info(const std::string& name, const Ort::TypeInfo& ti) {
   IoInfo info;
   info.name = name;
@@ -107,7 +148,8 @@ IoInfo read_info(const std::string& name, const Ort::TypeInfo& ti) {
 }  // namespace
 
 Session::Session(const std::filesystem::path& model, const SessionConfig& cfg)
-    : path_(model), session_(open_session(model, cfg)) {
+    : path_(model), session_(open_session(model, cfg)), shrink_arena_(cfg.shrink_arena) {
+  drop_clean_pages_of(model.parent_path().empty() ? std::filesystem::path(".") : model.parent_path());
   Ort::AllocatorWithDefaultOptions alloc;
   for (size_t i = 0; i < session_.GetInputCount(); ++i)
     inputs_.push_back(read_info(session_.GetInputNameAllocated(i, alloc).get(), session_.GetInputTypeInfo(i)));
@@ -139,7 +181,9 @@ std::vector<Ort::Value> Session::run(const std::vector<std::string>& input_names
     for (const auto& o : outputs_) outs.push_back(o.name);
   for (const auto& n : outs) out.push_back(n.c_str());
   try {
-    return session_.Run(Ort::RunOptions{nullptr}, in.data(), input_values.data(), in.size(), out.data(), out.size());
+    Ort::RunOptions ro;
+    if (shrink_arena_) ro.AddConfigEntry("memory.enable_memory_arena_shrinkage", "cpu:0");
+    return session_.Run(ro, in.data(), input_values.data(), in.size(), out.data(), out.size());
   } catch (const Ort::Exception& e) {
     throw Error(path_.string() + ": run failed: " + e.what());
   }

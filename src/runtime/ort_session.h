@@ -23,6 +23,10 @@ struct SessionConfig {
   // ORT's intra-op threads spin between runs by default; off where the caller has host work
   // of its own between runs (translate's beam search: +5% target tokens/s on 2 cores).
   bool allow_spinning = true;
+  // After each run() the arena's free chunks go back to the system: for a graph run once per
+  // batch whose intermediates are large (an encoder over whole sentences) while another graph
+  // runs many times in between.
+  bool shrink_arena = false;
 };
 
 struct IoInfo {
@@ -56,6 +60,7 @@ class Session {
  private:
   std::filesystem::path path_;
   Ort::Session session_;
+  bool shrink_arena_ = false;
   std::vector<IoInfo> inputs_, outputs_;
   std::map<std::string, std::string> metadata_;
 };

@@ -18,6 +18,7 @@ using nlohmann::json;
 struct Seq2SeqModel::Batch {
   int64_t beams = 1, rows = 0, length = 0, target = 0;  // length: source positions; target: decoded
   int64_t capacity = 0;                                 // shared mode: positions the self buffers hold
+  int64_t max_steps = 0;                                // start()'s bound on steps (0: none)
   std::vector<int64_t> live;                            // sentences still running (start() order)
   // per unit: a sentence (kvrun's cross K/V and mask) or a row (the other layouts)
   HostTensor enc_mask, hidden;
@@ -85,6 +86,13 @@ void copy_heads(const HostTensor& in, HostTensor& out, const std::vector<int64_t
                   static_cast<size_t>(n) * pos);
 }
 
+// The encoder runs once per batch over every source position: its intermediates are returned
+// to the system after each run instead of staying in the arena while the decoder steps.
+SessionConfig encoder_config(SessionConfig sc) {
+  sc.shrink_arena = true;
+  return sc;
+}
+
 }  // namespace
 
 std::unique_ptr<Seq2SeqModel> Seq2SeqModel::open(const fs::path& dir, const SessionConfig& sc) {
@@ -95,7 +103,8 @@ std::unique_ptr<Seq2SeqModel> Seq2SeqModel::open(const fs::path& dir, const Sess
       throw Error((dir / "kvrun.json").string() + ": not a translation (seq2seq) package; use kvrun run / chat");
     try {
       m->layout_ = "kvrun";
-      m->encoder_ = std::make_unique<Session>(dir / man.at("graphs").at("encoder").at("file").get<std::string>(), sc);
+      m->encoder_ = std::make_unique<Session>(dir / man.at("graphs").at("encoder").at("file").get<std::string>(),
+                                              encoder_config(sc));
       m->step_ = std::make_unique<Session>(dir / man.at("graphs").at("decoder").at("file").get<std::string>(), sc);
       m->max_positions_ = man.at("max_length").get<int64_t>();
       m->pad_id_ = man.at("model").at("pad_token_id").get<int64_t>();
@@ -110,7 +119,7 @@ std::unique_ptr<Seq2SeqModel> Seq2SeqModel::open(const fs::path& dir, const Sess
       throw Error(dir.string() +
                   ": no translation model here (expected kvrun.json of a seq2seq package, or encoder_model.onnx with "
                   "decoder_model_merged.onnx, decoder_model.onnx [+ decoder_with_past_model.onnx])");
-    m->encoder_ = std::make_unique<Session>(*enc, sc);
+    m->encoder_ = std::make_unique<Session>(*enc, encoder_config(sc));
     if (const auto merged = find_graph(dir, "decoder_model_merged")) {
       m->layout_ = "optimum-merged";
       m->step_ = std::make_unique<Session>(*merged, sc);
@@ -217,12 +226,13 @@ void Seq2SeqModel::read_signature(const fs::path& dir) {
 }
 
 std::shared_ptr<Seq2SeqModel::Batch> Seq2SeqModel::start(const std::vector<std::vector<int64_t>>& sources,
-                                                         int64_t beams) {
+                                                         int64_t beams, int64_t max_steps) {
   if (sources.empty()) throw Error("translate: no sentences");
   auto b = std::make_shared<Batch>();
   const auto S = static_cast<int64_t>(sources.size());
   b->beams = beams;
   b->rows = S * beams;
+  b->max_steps = max_steps;
   for (int64_t i = 0; i < S; ++i) {
     if (sources[static_cast<size_t>(i)].empty()) throw Error("translate: an empty source (no </s>)");
     b->length = std::max(b->length, static_cast<int64_t>(sources[static_cast<size_t>(i)].size()));
@@ -266,7 +276,7 @@ std::shared_ptr<Seq2SeqModel::Batch> Seq2SeqModel::start(const std::vector<std::
     const IoInfo* p = step_->find_input(layer_name("past_key_values.", l, ".decoder.key"));
     std::vector<int64_t> shp = p->shape;
     shp[0] = b->rows, shp[2] = 0;
-    if (shared_) shp[2] = b->capacity = 16;
+    if (shared_) shp[2] = b->capacity = max_steps > 0 ? std::min<int64_t>(16, max_steps) : 16;
     if (shp[1] < 0 || shp[3] < 0) shp[1] = shp[1] < 0 ? 1 : shp[1], shp[3] = shp[3] < 0 ? 1 : shp[3];
     b->self_k.push_back(HostTensor::zeros(pk->dtype, shp));
     b->self_v.push_back(HostTensor::zeros(pk->dtype, shp));
@@ -282,7 +292,9 @@ void Seq2SeqModel::step(Batch& b, const std::vector<TokenId>& tokens, std::vecto
   if (shared_ && b.target + 1 > b.capacity) {  // double the self buffers, keeping their rows
     std::vector<int64_t> same(static_cast<size_t>(b.rows));
     for (int64_t i = 0; i < b.rows; ++i) same[static_cast<size_t>(i)] = i;
-    const int64_t cap = std::max<int64_t>(2 * b.capacity, b.target + 1);
+    int64_t cap = 2 * b.capacity;
+    if (b.max_steps > 0) cap = std::min(cap, b.max_steps);
+    cap = std::max<int64_t>(cap, b.target + 1);
     for (auto* set : {&b.self_k, &b.self_v})
       for (auto& t : *set) {
         HostTensor grown;

@@ -37,7 +37,9 @@ class Seq2SeqModel {
   // A batch of sentences being decoded with `beams` rows each (sentence-major).
   struct Batch;
   // Encodes the sentences (padded together); the decoder starts with an empty cache.
-  std::shared_ptr<Batch> start(const std::vector<std::vector<int64_t>>& sources, int64_t beams);
+  // max_steps > 0: no more decoder steps will be run (the self-attention buffers of shared mode
+  // grow by doubling up to that, never past it).
+  std::shared_ptr<Batch> start(const std::vector<std::vector<int64_t>>& sources, int64_t beams, int64_t max_steps = 0);
   // One decoder step: tokens[rows] -> float32 logits [rows, vocab].
   void step(Batch& b, const std::vector<TokenId>& tokens, std::vector<float>& logits);
   // Row i continues row src[i]; `sentences` (indices into the batch given to start) still run.

@@ -55,5 +55,7 @@ Command add_bench_command(CLI::App& app);
 Command add_transcribe_command(CLI::App& app);
 // kvrun translate (cmd_translate.cpp)
 Command add_translate_command(CLI::App& app);
+// kvrun serve (cmd_serve.cpp)
+Command add_serve_command(CLI::App& app);
 
 }  // namespace kvrun::cli

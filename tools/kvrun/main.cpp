@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
   commands.push_back(kvrun::cli::add_bench_command(app));
   commands.push_back(kvrun::cli::add_transcribe_command(app));
   commands.push_back(kvrun::cli::add_translate_command(app));
+  commands.push_back(kvrun::cli::add_serve_command(app));
 
   try {
     app.parse(argc, argv);
