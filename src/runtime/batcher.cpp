@@ -56,7 +56,9 @@ Batcher::Batcher(Engine& engine, const BatcherOptions& opt) : e_(engine), o_(opt
   thread_ = std::thread([this] { batched_ ? loop() : loop_serial(); });
 }
 
-Batcher::~Batcher() {
+Batcher::~Batcher() { shutdown(); }
+
+void Batcher::shutdown() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stop_ = true;

@@ -96,6 +96,9 @@ class Batcher {
   // (numbers in the message) or the options are invalid.
   std::shared_ptr<Ticket> submit(BatchRequest r);
   BatcherStats stats() const;
+  // Stops the scheduler: running and waiting requests end with an error, later submits throw.
+  // The destructor calls it.
+  void shutdown();
   int64_t context() const { return context_; }
   int64_t slots() const { return static_cast<int64_t>(slots_.size()); }
   bool batched() const { return batched_; }

@@ -1018,9 +1018,11 @@ int Server::run(const std::function<void(int)>& on_listening, const std::functio
   }
   while (code == 0 && !g_signalled && !(stop && stop())) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   std::fprintf(stderr, "kvrun serve: stopping\n");
+  ready_ = false;  // new requests: 503
+  for (auto& m : models_)
+    if (m->batcher) m->batcher->shutdown();  // running and waiting requests end now (an error event)
   http_.stop();
   listener.join();
-  for (auto& m : models_) m->batcher.reset();  // fails what still waits, joins the schedulers
   return code;
 }
 
