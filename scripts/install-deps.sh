@@ -27,7 +27,7 @@ APT_PACKAGES=(
   libpcre2-dev libsentencepiece-dev libutf8proc-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev
   libsndfile1-dev libsoxr-dev libzip-dev libyaml-cpp-dev libkissfft-dev libssl-dev
-  clang libclang-rt-14-dev espeak-ng sox python3-pip
+  clang libclang-rt-14-dev espeak-ng sox python3-pip ccache
 )
 
 want_apt=1

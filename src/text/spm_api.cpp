@@ -21,6 +21,11 @@ const SpmApi& spm_api() {
     std::vector<std::string> candidates;
     if (const char* env = std::getenv("KVRUN_SENTENCEPIECE_SHIM")) candidates.emplace_back(env);
     std::error_code ec;
+    // Next to the object holding this code: the Python module (kvrun/_kvrun*.so) ships the shim
+    // beside it.
+    Dl_info self{};
+    if (dladdr(reinterpret_cast<void*>(&spm_api), &self) && self.dli_fname)
+      candidates.push_back((fs::path(self.dli_fname).parent_path() / "libkvrun_sentencepiece.so").string());
     const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
     if (!ec) {
       candidates.push_back((exe.parent_path() / "libkvrun_sentencepiece.so").string());
