@@ -858,10 +858,14 @@ void Server::load_models() {
     const size_t eq = spec.find('=');
     s->path = eq == std::string::npos ? fs::path(spec) : fs::path(spec.substr(eq + 1));
     if (!fs::exists(s->path)) throw Error("model not found: " + s->path.string());
-    s->name =
-        eq == std::string::npos ? fs::absolute(s->path).lexically_normal().filename().string() : spec.substr(0, eq);
-    if (s->name.empty()) s->name = fs::absolute(s->path).lexically_normal().parent_path().filename().string();
-    if (s->path.extension() == ".gguf") s->name = s->path.stem().string();
+    if (eq != std::string::npos) {
+      s->name = spec.substr(0, eq);
+    } else {  // the folder's name, or the file's without its extension
+      const fs::path p = fs::absolute(s->path).lexically_normal();
+      s->name = p.has_filename() ? p.filename().string() : p.parent_path().filename().string();
+      if (s->path.extension() == ".gguf") s->name = s->path.stem().string();
+    }
+    if (s->name.empty()) throw Error("an empty model name in '" + spec + "'");
     if (taken[s->name]++) throw Error("two models are named '" + s->name + "': give names with NAME=PATH");
     s->kind = detect_kind(s->path);
     s->created = unix_now();
