@@ -36,7 +36,9 @@ check)
     while read -r lib _ path _; do
       [[ $path == not ]] && { echo "unresolved: $lib (from $f)"; missing=1; continue; }
       [[ $path == "$OUT"/lib/* ]] && continue
-      pkg=$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -1 | cut -d: -f1)
+      real=$(readlink -f "$path")
+      # usrmerge: dpkg may know the file under /lib rather than /usr/lib (or the other way round)
+      pkg=$({ dpkg -S "$real" || dpkg -S "$path" || dpkg -S "${real#/usr}"; } 2>/dev/null | head -1 | cut -d: -f1 || true)
       case "$pkg" in
         libc6 | libgcc-s1 | libstdc++6 | zlib1g | libzstd1 | liblzma5 | libbz2-1.0 | libcrypt1 | libflac12 | libogg0 | \
           libvorbis0a | libvorbisenc2 | libopus0 | libmpg123-0 | libmp3lame0 | libabsl* ) ;;  # in bookworm-slim or pulled in
@@ -48,7 +50,7 @@ check)
   # 2. the entry point serves from OUT alone
   model=${3:-$ROOT/tests/fixtures/qwen3-trained}
   pkg=$(mktemp -d)/model
-  LD_LIBRARY_PATH="$OUT/lib" "$OUT/bin/kvrun" build "$model" -o "$pkg" >/dev/null
+  LD_LIBRARY_PATH="$OUT/lib" "$OUT/bin/kvrun" build "$model" -o "$pkg" >/dev/null 2>"$pkg.log" || { cat "$pkg.log"; exit 1; }
   log=$(mktemp)
   env -i PATH=/usr/bin:/bin LD_LIBRARY_PATH="$OUT/lib" HOME="$(mktemp -d)" \
     "$OUT/bin/kvrun" serve --host 127.0.0.1 --port 0 "$pkg" >"$log" 2>&1 &
