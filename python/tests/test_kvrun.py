@@ -85,6 +85,27 @@ def test_generate_equals_cli(model, pkgs):
     assert model.prompt_ids("The history of") == ids
 
 
+def test_gguf_file_and_third_party_layouts(tmp_path):
+    # A GGUF file is built into the package cache on first use (progress reported), as `kvrun run` does.
+    gguf = FIX / "gguf-models" / "qwen3-trained-q8_0.gguf"
+    stages = []
+    m = kvrun.Model.load(gguf, progress=lambda s, d, t: stages.append(s))
+    r = m.generate("The history of", max_tokens=8)
+    assert len(r.tokens) == 8
+    if HAVE_CLI:
+        c = json.loads(cli("run", gguf, "--prompt", "The history of", "--raw", "--max-new-tokens", 8,
+                           "--json").splitlines()[0])
+        assert r.tokens == c["tokens"]
+    # third-party exports (tests/fixtures/layouts): the same greedy ids from each; a graph the
+    # runtime cannot feed is refused with its signature
+    got = {}
+    for name in ("optimum-plain", "optimum-merged", "genai", "split"):
+        got[name] = kvrun.Model.load(FIX / "layouts" / name).generate([5, 6, 7], max_tokens=4, ignore_eos=True).tokens
+    assert len(set(map(tuple, got.values()))) == 1, got
+    with pytest.raises(kvrun.Error):
+        kvrun.Model.load(FIX / "layouts" / "broken-missing-present")
+
+
 def test_messages_use_the_chat_template(model, pkgs):
     msgs = [{"role": "user", "content": "Tell me about the sea"}]
     prompt = model.chat_prompt(msgs)
