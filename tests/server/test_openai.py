@@ -274,3 +274,17 @@ def test_transcriptions(server, client, packages):
     m = server.metrics()
     assert metric(m, "kvrun_audio_seconds_total", model_name="asr") > 2.5
     assert metric(m, "kvrun_audio_real_time_factor_count", model_name="asr") >= 1
+
+
+def test_gguf_files_served_under_their_names(packages):
+    # A GGUF file is built into the package cache on first use; unnamed it is served under its stem.
+    gguf = FIX / "gguf-models" / "qwen3-trained-q8_0.gguf"
+    s = Server({}, gguf, f"named={gguf}", "--parallel", 2, "--ctx", 64, "--threads", 1)
+    try:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="any", max_retries=0, timeout=120)
+        assert {m.id for m in c.models.list().data} == {"qwen3-trained-q8_0", "named"}
+        a = c.completions.create(model="named", prompt="The history of", max_tokens=6, temperature=0)
+        b = c.completions.create(model="qwen3-trained-q8_0", prompt="The history of", max_tokens=6, temperature=0)
+        assert a.choices[0].text == b.choices[0].text and a.usage.completion_tokens == 6
+    finally:
+        assert s.stop() == 0
