@@ -22,7 +22,7 @@ out=$(mktemp -d)
 "$HELM" template chat "$CHART" >"$out/default.yaml"
 "$HELM" template chat "$CHART" --set server.apiKeySecret=kvrun-key --set model.persistentVolumeClaim=models \
   --set autoscaling.enabled=false --set replicas=3 >"$out/variant.yaml"
-PY=${PY:-python3}
+PY=${PY:-$(bash "$ROOT/scripts/test-clients.sh")}  # a venv with PyYAML
 "$PY" - "$out/default.yaml" "$out/variant.yaml" <<'PYEOF'
 import sys
 import yaml
