@@ -20,6 +20,14 @@ API_KEY = "test-key-123"
 SANITIZED = os.environ.get("KVRUN_SANITIZE", "0") == "1"
 
 
+def gemma_gguf():
+    """The real Gemma 3 270M GGUF (scripts/fetch-gemma3.sh), as tests/test_util.cpp finds it."""
+    if os.environ.get("KVRUN_GEMMA3_GGUF"):
+        return Path(os.environ["KVRUN_GEMMA3_GGUF"])
+    models = os.environ.get("KVRUN_MODELS_DIR") or os.path.join(os.environ.get("HOME", ""), ".cache", "kvrun", "models")
+    return Path(models) / "gemma-3-270m-q4_k_m.gguf"
+
+
 def run(*args, **kw):
     r = subprocess.run([KVRUN, *map(str, args)], capture_output=True, text=True, **kw)
     if r.returncode != 0:
