@@ -129,20 +129,18 @@ bool Batcher::admit() {
     Decoder& dec = e_.decoder();
     while (!waiting_.empty()) {
       const std::vector<TokenId>& p = waiting_.front()->req_.prompt;
-      // The free slot whose cache shares the longest prefix with the prompt; else the lowest.
+      // The free slot whose cache keeps the longest prefix of the prompt; else the lowest.
       Slot* best = nullptr;
       size_t best_common = 0;
       for (auto& s : slots_) {
         if (s->t) continue;
-        size_t c = 0;
-        while (c < s->cached.size() && c < p.size() && s->cached[c] == p[c]) ++c;
+        const size_t c = reusable_prefix(s->cached, p);
         if (!best || c > best_common) best = s.get(), best_common = c;
       }
       if (!best) break;
       Slot& s = *best;
       s.t = waiting_.front();
       waiting_.pop_front();
-      if (best_common == p.size()) --best_common;  // at least one position runs, for fresh logits
       const int64_t kept = dec.truncate(st_, static_cast<int64_t>(best_common), s.row);
       s.cached.resize(static_cast<size_t>(kept));
       s.prompt.ids = p;
@@ -196,7 +194,7 @@ void Batcher::prefill_one() {
     s.prefilled = b;
     if (b == len) {
       s.stats.prefill_seconds = seconds(s.admitted, Clock::now());
-      sample(s, 0, logits.data());
+      sample(s, logits.data());
     }
     return;
   }
@@ -226,11 +224,11 @@ void Batcher::decode_step() {
       continue;
     }
     s.cached.push_back(s.next);
-    sample(s, 0, logits.data() + static_cast<size_t>(r) * V);
+    sample(s, logits.data() + static_cast<size_t>(r) * V);
   }
 }
 
-void Batcher::sample(Slot& s, size_t, const float* logits) {
+void Batcher::sample(Slot& s, const float* logits) {
   const BatchRequest& rq = s.t->req_;
   const auto V = static_cast<size_t>(e_.decoder().vocab());
   std::vector<float> row(logits, logits + V);
@@ -345,7 +343,6 @@ void Batcher::loop_serial() {
         ev.text = text;
         return rq.on_token(ev) && !t->cancelled();
       });
-      kv_tokens_ = serial_->cached_tokens();
       if (res.finish_reason == "callback") res.finish_reason = "cancelled";
       res.stats.time_to_first_token += seconds(t->submitted_, started);  // + the wait in the queue
     } catch (const std::exception& ex) {
@@ -354,7 +351,6 @@ void Batcher::loop_serial() {
       error = ex.what();
     }
     --running_;
-    kv_tokens_ = 0;
     rq.on_done(res, error);
   }
   std::deque<std::shared_ptr<Ticket>> left;

@@ -81,7 +81,7 @@ class Ticket {
 struct BatcherStats {
   int64_t slots = 0, context = 0;
   int64_t running = 0, waiting = 0;
-  int64_t kv_tokens = 0;  // positions held by running requests
+  int64_t kv_tokens = 0;  // positions held by running requests (batched mode; 0 in serial mode)
   double kv_usage() const { return slots * context > 0 ? static_cast<double>(kv_tokens) / (slots * context) : 0; }
 };
 
@@ -110,7 +110,8 @@ class Batcher {
   bool admit();  // moves waiting requests into free slots; false when nothing runs
   void prefill_one();
   void decode_step();
-  void sample(Slot& s, size_t index, const float* logits);
+  // Chooses the next token from a row of logits and applies it (streams, stops, finishes).
+  void sample(Slot& s, const float* logits);
   void finish(Slot& s, const std::string& reason, const std::string& error = "");
   void fail_all(const std::string& error);
 

@@ -24,6 +24,11 @@ struct Positions {
   std::vector<float> embeds;  // [count(-1), hidden]
 };
 
+// How many leading positions of `prompt` a cache holding `cached` can keep: the longest common
+// prefix (embedding rows, -1, never match), less one when it is the whole prompt -- at least one
+// position runs, for fresh logits.
+size_t reusable_prefix(const std::vector<TokenId>& cached, const std::vector<TokenId>& prompt);
+
 // One row's generation: sampling state, output tokens, streamed text.
 struct RowRun {
   Sampler sampler;

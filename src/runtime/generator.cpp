@@ -427,6 +427,12 @@ void Engine::decode_loop(Decoder::State& st, std::vector<RowRun>& runs, std::vec
   }
 }
 
+size_t reusable_prefix(const std::vector<TokenId>& cached, const std::vector<TokenId>& prompt) {
+  size_t n = 0;
+  while (n < cached.size() && n < prompt.size() && cached[n] >= 0 && cached[n] == prompt[n]) ++n;
+  return n == prompt.size() && n > 0 ? n - 1 : n;
+}
+
 std::unique_ptr<Sequence> Engine::new_sequence() { return std::make_unique<SequenceImpl>(*this); }
 
 SequenceImpl::SequenceImpl(Engine& e) : e_(e) {}
@@ -443,10 +449,7 @@ GenerationResult SequenceImpl::generate(const Prompt& context, const GenerationO
   Positions p = e_.resolve(context);
   if (p.ids.empty()) throw Error("empty prompt: give text, token ids or embeddings");
   Decoder& dec = e_.decoder();
-  // Longest common prefix with what the cache holds (embedding rows never match).
-  size_t common = 0;
-  while (common < ids_.size() && common < p.ids.size() && ids_[common] >= 0 && ids_[common] == p.ids[common]) ++common;
-  if (common == p.ids.size()) --common;  // at least one position to run for fresh logits
+  size_t common = reusable_prefix(ids_, p.ids);
   const auto n = static_cast<int64_t>(p.ids.size());
   const int64_t cap = e_.capacity(n, opt);
   if (!st_) st_ = dec.new_state(1, cap);

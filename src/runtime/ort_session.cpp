@@ -1,12 +1,10 @@
 #include "runtime/ort_session.h"
 
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "kvrun/error.h"
 #include "runtime/ort_kernels.h"
