@@ -2,8 +2,8 @@
 streaming cancellation, exceptions, threads. Run: python -m pytest python/tests (after pip install .)."""
 import json
 import os
-import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -12,8 +12,8 @@ import pytest
 
 import kvrun
 
-ROOT = Path(__file__).resolve().parents[2]
-FIX = ROOT / "tests" / "fixtures"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # pyfixtures
+from pyfixtures import FIX, ROOT, funasr_checkpoint  # noqa: E402
 KVRUN = os.environ.get("KVRUN", str(ROOT / "build" / "kvrun"))
 HAVE_CLI = os.access(KVRUN, os.X_OK)
 
@@ -51,12 +51,8 @@ def pkgs(tmp_path_factory):
     kvrun.build(FIX / "qwen3-trained", out["chat"], progress=lambda s, done, total: stages.append((s, done, total)))
     out["stages"] = stages
     kvrun.build(FIX / "marian-tiny", out["mt"])
-    tok = ROOT / ".deps" / "tokenizers" / "qwen3"
-    if (tok / "tokenizer.json").exists():
-        src = d / "asr-src"
-        shutil.copytree(FIX / "funasr-nano-tiny", src)
-        for f in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(tok / f, src / "Qwen3-0.6B" / f)
+    src = funasr_checkpoint(d / "asr-src")
+    if src is not None:
         out["asr"] = d / "asr"
         kvrun.build(src, out["asr"])
     return out

@@ -1,9 +1,7 @@
 """kvrun serve under the real openai SDK: fixtures that build small packages from the committed
 test fixtures and start servers on free loopback ports (tests/server/README.md)."""
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -13,19 +11,11 @@ from pathlib import Path
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
-FIX = ROOT / "tests" / "fixtures"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: pyfixtures
+from pyfixtures import FIX, ROOT, funasr_checkpoint, gemma_gguf  # noqa: E402,F401
 KVRUN = os.environ.get("KVRUN", str(ROOT / "build" / "kvrun"))
 API_KEY = "test-key-123"
 SANITIZED = os.environ.get("KVRUN_SANITIZE", "0") == "1"
-
-
-def gemma_gguf():
-    """The real Gemma 3 270M GGUF (scripts/fetch-gemma3.sh), as tests/test_util.cpp finds it."""
-    if os.environ.get("KVRUN_GEMMA3_GGUF"):
-        return Path(os.environ["KVRUN_GEMMA3_GGUF"])
-    models = os.environ.get("KVRUN_MODELS_DIR") or os.path.join(os.environ.get("HOME", ""), ".cache", "kvrun", "models")
-    return Path(models) / "gemma-3-270m-q4_k_m.gguf"
 
 
 def run(*args, **kw):
@@ -43,12 +33,8 @@ def packages(tmp_path_factory):
     out = {"chat": d / "chat", "mt": d / "mt"}
     run("build", FIX / "qwen3-trained", "-o", out["chat"])
     run("build", FIX / "marian-tiny", "-o", out["mt"])
-    tok = ROOT / ".deps" / "tokenizers" / "qwen3"
-    if (tok / "tokenizer.json").exists():
-        src = d / "asr-src"
-        shutil.copytree(FIX / "funasr-nano-tiny", src)
-        for f in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(tok / f, src / "Qwen3-0.6B" / f)
+    src = funasr_checkpoint(d / "asr-src")
+    if src is not None:
         out["asr"] = d / "asr"
         run("build", src, "-o", out["asr"])
     return out
